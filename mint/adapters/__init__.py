@@ -1,0 +1,32 @@
+"""PEFT LoRA adapters: config, strict safetensors reading, validation against a base, read and write."""
+
+from mint.adapters.config import ATTN_MODULES, LORA_MODULES, MLP_MODULES, AdapterConfig
+from mint.adapters.peft import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    AdapterWeights,
+    BaseShapes,
+    Limits,
+    ValidatedAdapter,
+    load_weights,
+    read_adapter_dir,
+    tensor_name,
+    validate_adapter,
+)
+
+__all__ = [
+    "ATTN_MODULES",
+    "CONFIG_NAME",
+    "LORA_MODULES",
+    "MLP_MODULES",
+    "WEIGHTS_NAME",
+    "AdapterConfig",
+    "AdapterWeights",
+    "BaseShapes",
+    "Limits",
+    "ValidatedAdapter",
+    "load_weights",
+    "read_adapter_dir",
+    "tensor_name",
+    "validate_adapter",
+]

@@ -1,0 +1,92 @@
+"""Strict reading of safetensors headers, before any tensor byte is trusted.
+
+Layout: an 8-byte little-endian header length N, N bytes of JSON, then the data section. Every tensor
+entry names a dtype, a shape and [begin, end) offsets into the data section; entries must tile the data
+section exactly (no holes, no overlaps), as the format requires.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import struct
+from typing import BinaryIO
+
+from mint.errors import invalid
+
+DTYPE_BYTES = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
+    "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8,
+}
+DEFAULT_MAX_HEADER_BYTES = 4 * 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TensorEntry:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int
+    end: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Header:
+    tensors: dict[str, TensorEntry]
+    metadata: dict[str, str]
+    data_start: int  # file offset of the data section
+
+
+def read_header(f: BinaryIO, file_size: int, *, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> Header:
+    prefix = f.read(8)
+    if len(prefix) < 8:
+        raise invalid(f"not a safetensors file: {file_size} bytes is too short for the 8-byte header length")
+    (n,) = struct.unpack("<Q", prefix)
+    if n > max_header_bytes:
+        raise invalid(f"safetensors header claims {n} bytes; the limit is {max_header_bytes}")
+    if 8 + n > file_size:
+        raise invalid(f"safetensors header claims {n} bytes but the file has only {file_size - 8} after the length")
+    raw = f.read(n)
+    if raw[:1] != b"{":
+        raise invalid("safetensors header is not a JSON object (a pickle or another format?)")
+    try:
+        parsed = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise invalid(f"safetensors header is not valid JSON: {err}") from None
+    if not isinstance(parsed, dict):
+        raise invalid("safetensors header is not a JSON object")
+    metadata = parsed.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise invalid("safetensors __metadata__ must map strings to strings")
+    data_size = file_size - 8 - n
+    tensors = {name: _entry(name, value, data_size) for name, value in parsed.items()}
+    covered = 0
+    for entry in sorted(tensors.values(), key=lambda e: e.begin):
+        if entry.begin != covered:
+            raise invalid(f"safetensors data has a hole or overlap at byte {covered} (tensor {entry.name!r})")
+        covered = entry.end
+    if covered != data_size:
+        raise invalid(f"safetensors tensors cover {covered} bytes but the data section has {data_size}")
+    return Header(tensors=tensors, metadata=metadata, data_start=8 + n)
+
+
+def _entry(name: str, value: object, data_size: int) -> TensorEntry:
+    if not isinstance(value, dict):
+        raise invalid(f"safetensors entry {name!r} is not an object")
+    dtype, shape, offsets = value.get("dtype"), value.get("shape"), value.get("data_offsets")
+    if dtype not in DTYPE_BYTES:
+        raise invalid(f"tensor {name!r} has unknown dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise invalid(f"tensor {name!r} has an invalid shape {shape!r}")
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+        or not 0 <= offsets[0] <= offsets[1] <= data_size
+    ):
+        raise invalid(f"tensor {name!r} has data_offsets {offsets!r} outside the data section of {data_size} bytes")
+    nbytes = math.prod(shape) * DTYPE_BYTES[dtype]
+    if offsets[1] - offsets[0] != nbytes:
+        raise invalid(f"tensor {name!r} is {dtype}{shape} = {nbytes} bytes but its offsets span {offsets[1] - offsets[0]}")
+    return TensorEntry(name=name, dtype=dtype, shape=tuple(shape), begin=offsets[0], end=offsets[1])

@@ -1,0 +1,130 @@
+"""Content-addressed blob storage: bytes named by their sha256, verified on every read.
+
+`BlobStore` is the interface (an S3-compatible store implements the same four methods); `LocalBlobStore`
+keeps blobs under `root/ab/cd/abcd...`, written to a temporary file, fsynced and renamed into place, so
+a reader never sees a partial blob. Uploads are received with `receive()` into a `StagedBlob`, hashed as
+they arrive, validated, and only then `put` into the store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+from mint.errors import Code, MintError, invalid, not_found
+
+CHUNK_BYTES = 1024 * 1024
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def check_sha256(value: str) -> str:
+    if not _SHA256.match(value or ""):
+        raise invalid(f"sha256 must be 64 lowercase hex characters, got {value[:80]!r}")
+    return value
+
+
+@dataclasses.dataclass(slots=True)
+class StagedBlob:
+    """Bytes received into a local temporary file, with their hash; `discard()` when not stored."""
+
+    path: Path
+    sha256: str
+    size: int
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+class BlobStore(Protocol):
+    def put(self, staged: StagedBlob) -> None: ...
+    def exists(self, sha256: str) -> bool: ...
+    def read_chunks(self, sha256: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]: ...
+    def staging_dir(self) -> Path: ...
+
+
+def receive(chunks: Iterable[bytes], staging_dir: Path, *, max_bytes: int, expected_sha256: str = "") -> StagedBlob:
+    """Write `chunks` to a temp file in `staging_dir` while hashing; enforce the size limit as bytes arrive."""
+    digest = hashlib.sha256()
+    size = 0
+    staging_dir.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=staging_dir, prefix="upload-")
+    path = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise invalid(f"upload exceeds the limit of {max_bytes} bytes")
+                digest.update(chunk)
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    sha = digest.hexdigest()
+    if expected_sha256 and expected_sha256 != sha:
+        path.unlink(missing_ok=True)
+        raise invalid(f"upload has sha256 {sha} but the client declared {expected_sha256}")
+    return StagedBlob(path=path, sha256=sha, size=size)
+
+
+class LocalBlobStore:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._staging = self.root / "staging"
+        self._staging.mkdir(exist_ok=True)
+
+    def path(self, sha256: str) -> Path:
+        check_sha256(sha256)
+        return self.root / sha256[:2] / sha256[2:4] / sha256
+
+    def staging_dir(self) -> Path:
+        return self._staging
+
+    def put(self, staged: StagedBlob) -> None:
+        target = self.path(staged.sha256)
+        if target.exists():  # content-addressed: the same bytes are already there
+            staged.discard()
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged.path, target)
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def exists(self, sha256: str) -> bool:
+        return self.path(sha256).is_file()
+
+    def read_chunks(self, sha256: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
+        """The blob's bytes; raises DATA_LOSS at the end if they do not hash to `sha256`."""
+        path = self.path(sha256)
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - closed in the generator's finally
+        except FileNotFoundError:
+            raise not_found(f"blob {sha256} is not in the blob store") from None
+        return _verified(f, sha256, chunk_bytes)
+
+    def read_bytes(self, sha256: str) -> bytes:
+        return b"".join(self.read_chunks(sha256))
+
+
+def _verified(f, sha256: str, chunk_bytes: int) -> Iterator[bytes]:
+    digest = hashlib.sha256()
+    try:
+        while chunk := f.read(chunk_bytes):
+            digest.update(chunk)
+            yield chunk
+    finally:
+        f.close()
+    if digest.hexdigest() != sha256:
+        raise MintError(Code.DATA_LOSS, f"blob {sha256} is corrupt: its bytes hash to {digest.hexdigest()}")

@@ -1,0 +1,267 @@
+"""The catalog's operations with tenancy, validation and blob handling: what the servicer (and embedded
+callers) invoke. Every method acts as `mint.auth.current_principal()`.
+
+Tenancy: a member key sees only its own tenant; naming another tenant's policy answers NOT_FOUND, exactly
+as a policy that does not exist would. Service and admin keys may name any tenant.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from mint import auth
+from mint.adapters import AdapterConfig, BaseShapes, Limits, validate_adapter
+from mint.errors import Code, MintError, invalid, not_found
+from mint.names import PolicyName, RevisionRef
+from services.catalog.blobs import BlobStore, StagedBlob, check_sha256, receive
+from services.catalog.store import CatalogStore, ImportRecord, ImportResult, NewRevision
+from services.catalog.store.entities import (
+    Alias,
+    AliasMove,
+    AuditEvent,
+    BaseModel,
+    Page,
+    Policy,
+    Revision,
+    Tenant,
+)
+from services.catalog.store.revisions import insert_blob
+
+
+class StoreAuthenticator:
+    """Checks API keys against the catalog's own table, caching answers for a few seconds."""
+
+    def __init__(self, store: CatalogStore, ttl_s: float = 5.0):
+        self._store = store
+        self._ttl = ttl_s
+        self._cache: dict[str, tuple[float, auth.Principal]] = {}
+        self._lock = threading.Lock()
+
+    def authenticate(self, api_key: str) -> auth.Principal:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(api_key)
+        if hit is not None and now - hit[0] < self._ttl:
+            return hit[1]
+        key_id, secret = auth.parse_key(api_key)
+        record = self._store.tenants.lookup_key(key_id)
+        if record is None or record.revoked or not auth.secret_matches(secret, record.secret_hash):
+            raise MintError(Code.UNAUTHENTICATED, "API key is unknown or revoked")
+        principal = auth.Principal(tenant=record.tenant, key_id=key_id, role=record.role)
+        with self._lock:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[api_key] = (now, principal)
+        return principal
+
+
+class Catalog:
+    def __init__(self, store: CatalogStore, blobs: BlobStore, limits: Limits = Limits()):
+        self.store = store
+        self.blobs = blobs
+        self.limits = limits
+
+    # --- identity and administration -------------------------------------------------------------
+
+    def who_am_i(self) -> auth.Principal:
+        return auth.current_principal()
+
+    def create_tenant(self, name: str) -> Tenant:
+        principal = auth.require_admin()
+        return self.store.tenants.create_tenant(name, actor=principal.actor)
+
+    def create_api_key(self, tenant: str, name: str, role: auth.Role) -> tuple[str, str]:
+        """(key, key_id). Admins create any key; members create member keys in their own tenant."""
+        principal = auth.current_principal()
+        tenant = tenant or principal.tenant
+        if principal.role is not auth.Role.ADMIN and (role is not auth.Role.MEMBER or tenant != principal.tenant):
+            raise MintError(Code.PERMISSION_DENIED, "only admin keys create keys for other tenants or with other roles")
+        new, _ = self.store.tenants.create_key(tenant, name, role, actor=principal.actor)
+        return new.key, new.key_id
+
+    def register_base_model(self, **fields: Any) -> BaseModel:
+        principal = auth.require_admin()
+        return self.store.base_models.register(**fields, actor=principal.actor)
+
+    def get_base_model(self, name: str) -> BaseModel:
+        auth.current_principal()
+        return self.store.base_models.get(name)
+
+    def list_base_models(self, page_token: str = "", limit: int = 0) -> Page[BaseModel]:
+        auth.current_principal()
+        return self.store.base_models.list(page_token=page_token, limit=limit)
+
+    # --- policies ------------------------------------------------------------------------------------
+
+    def create_policy(self, name: str, base_model: str, description: str = "") -> Policy:
+        principal = auth.current_principal()
+        policy = self._policy(name)
+        return self.store.policies.create(policy.tenant, policy.name, base_model=base_model, description=description, actor=principal.actor)
+
+    def get_policy(self, name: str) -> Policy:
+        policy = self._policy(name)
+        return self.store.policies.get(policy.tenant, policy.name)
+
+    def list_policies(self, name_prefix: str = "", page_token: str = "", limit: int = 0) -> Page[Policy]:
+        principal = auth.current_principal()
+        return self.store.policies.list(principal.tenant, name_prefix=name_prefix, page_token=page_token, limit=limit)
+
+    # --- revisions -----------------------------------------------------------------------------------
+
+    def publish(
+        self,
+        policy_name: str,
+        adapter_config_json: str,
+        chunks: Iterable[bytes],
+        *,
+        parent_number: int | None = None,
+        source: str = "upload",
+        metrics: dict[str, float] | None = None,
+        size_bytes: int = 0,
+        sha256: str = "",
+    ) -> Revision:
+        """Receive, hash and validate an adapter, store its blob, and record it as the next revision."""
+        principal = auth.current_principal()
+        policy_ref = self._policy(policy_name)
+        config = AdapterConfig.from_json(adapter_config_json)
+        metrics = _check_metrics(metrics or {})
+        if sha256:
+            check_sha256(sha256)
+        if size_bytes > self.limits.max_bytes:
+            raise invalid(f"adapter is {size_bytes} bytes; the limit is {self.limits.max_bytes}")
+        policy = self.store.policies.get(policy_ref.tenant, policy_ref.name)
+        staged = self._receive_validated(chunks, self.store.base_models.get(policy.base_model), config, sha256)
+        if size_bytes and staged.size != size_bytes:
+            staged.discard()
+            raise invalid(f"upload has {staged.size} bytes but the header declared {size_bytes}")
+        self.blobs.put(staged)
+        return self.store.revisions.publish(
+            NewRevision(
+                tenant=policy.tenant,
+                policy=policy.name,
+                config=config,
+                sha256=staged.sha256,
+                size_bytes=staged.size,
+                actor=principal.actor,
+                parent_number=parent_number or None,
+                source=source or "upload",
+                metrics=metrics,
+            )
+        )
+
+    def _receive_validated(self, chunks: Iterable[bytes], base: BaseModel, config: AdapterConfig, sha256: str) -> StagedBlob:
+        staged = receive(chunks, self.blobs.staging_dir(), max_bytes=self.limits.max_bytes, expected_sha256=sha256)
+        try:
+            validate_adapter(config, staged.path, BaseShapes(base.num_layers, base.module_shapes), self.limits)
+        except BaseException:
+            staged.discard()
+            raise
+        return staged
+
+    def resolve(self, ref: str) -> Revision:
+        return self.store.revisions.resolve(self._ref(ref))
+
+    def get_revision(self, ref: str) -> Revision:
+        return self.store.revisions.find(self._ref(ref))
+
+    def list_revisions(self, policy: str = "", *, newest_first: bool = False, page_token: str = "", limit: int = 0) -> Page[Revision]:
+        if not policy:
+            principal = auth.current_principal()
+            return self.store.revisions.list(principal.tenant, None, newest_first=newest_first, page_token=page_token, limit=limit)
+        name = self._policy(policy)
+        return self.store.revisions.list(name.tenant, name.name, newest_first=newest_first, page_token=page_token, limit=limit)
+
+    def download_revision(self, ref: str) -> tuple[Revision, Iterator[bytes]]:
+        revision = self.store.revisions.resolve(self._ref(ref))
+        return revision, self.blobs.read_chunks(revision.sha256)
+
+    def download_blob(self, sha256: str) -> Iterator[bytes]:
+        principal = auth.current_principal()
+        check_sha256(sha256)
+        if not principal.privileged and not self.store.revisions.tenant_has_blob(principal.tenant, sha256):
+            raise not_found(f"blob {sha256} not found")
+        return self.blobs.read_chunks(sha256)
+
+    def retract(self, ref: str, reason: str) -> Revision:
+        principal = auth.current_principal()
+        parsed = self._ref(ref)
+        if parsed.number is None:
+            raise invalid(f"retract needs a revision number (e.g. {parsed.policy}@3), got {ref!r}")
+        return self.store.revisions.retract(parsed.policy.tenant, parsed.policy.name, parsed.number, reason=reason, actor=principal.actor)
+
+    def record_metrics(self, ref: str, metrics: dict[str, float]) -> Revision:
+        principal = auth.current_principal()
+        return self.store.revisions.record_metrics(self._ref(ref), _check_metrics(metrics), actor=principal.actor)
+
+    # --- aliases and audit ---------------------------------------------------------------------------
+
+    def set_alias(self, policy: str, alias: str, number: int, reason: str = "") -> Alias:
+        principal = auth.current_principal()
+        name = self._policy(policy)
+        return self.store.aliases.set_alias(name.tenant, name.name, alias, number, actor=principal.actor, reason=reason)
+
+    def rollback(self, policy: str, alias: str, to_number: int = 0, reason: str = "") -> Alias:
+        principal = auth.current_principal()
+        name = self._policy(policy)
+        return self.store.aliases.rollback(name.tenant, name.name, alias, to_number, actor=principal.actor, reason=reason)
+
+    def list_aliases(self, policy: str) -> list[Alias]:
+        name = self._policy(policy)
+        return self.store.aliases.list(name.tenant, name.name)
+
+    def alias_history(self, policy: str, alias: str = "", page_token: str = "", limit: int = 0) -> Page[AliasMove]:
+        name = self._policy(policy)
+        return self.store.aliases.history(name.tenant, name.name, alias, page_token=page_token, limit=limit)
+
+    def list_audit_events(self, policy: str = "", action: str = "", page_token: str = "", limit: int = 0) -> Page[AuditEvent]:
+        principal = auth.current_principal()
+        tenant, policy_name = principal.tenant, None
+        if policy:
+            name = self._policy(policy)
+            tenant, policy_name = name.tenant, name.name
+        return self.store.audit.list_events(tenant, policy=policy_name, action=action or None, page_token=page_token, limit=limit)
+
+    # --- bulk path (admin) ---------------------------------------------------------------------------
+
+    def upload_blob(self, base_model: str, adapter_config_json: str, chunks: Iterable[bytes], sha256: str = "") -> tuple[str, int]:
+        auth.require_admin()
+        config = AdapterConfig.from_json(adapter_config_json)
+        staged = self._receive_validated(chunks, self.store.base_models.get(base_model), config, sha256)
+        self.blobs.put(staged)
+        with self.store.db.write() as conn:
+            insert_blob(conn, self.store.db.dialect, staged.sha256, staged.size)
+        return staged.sha256, staged.size
+
+    def import_revisions(self, batches: Iterable[Iterable[ImportRecord]]) -> ImportResult:
+        principal = auth.require_admin()
+        return self.store.bulk.import_records(batches, actor=principal.actor)
+
+    # --- names -----------------------------------------------------------------------------------------
+
+    def _policy(self, text: str) -> PolicyName:
+        return self._within_tenant(PolicyName.parse(text))
+
+    def _ref(self, text: str) -> RevisionRef:
+        ref = RevisionRef.parse(text)
+        return ref.within(self._within_tenant(ref.policy).tenant)
+
+    def _within_tenant(self, name: PolicyName) -> PolicyName:
+        principal = auth.current_principal()
+        if name.tenant is None:
+            return name.within(principal.tenant)
+        if name.tenant != principal.tenant and not principal.privileged:
+            raise not_found(f"policy {name} not found")
+        return name
+
+
+def _check_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    for key, value in metrics.items():
+        if not key or len(key) > 128:
+            raise invalid(f"metric name {key[:80]!r} must have 1-128 characters")
+        if not math.isfinite(value):
+            raise invalid(f"metric {key!r} is {value}; metrics must be finite numbers")
+    return dict(metrics)

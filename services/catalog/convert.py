@@ -1,0 +1,124 @@
+"""Catalog entities to protobuf messages (and the few inverse conversions servicers need)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from mint.auth import Role
+from mint.proto import catalog_pb2 as pb
+from mint.proto import common_pb2
+from services.catalog.store.entities import Alias, AliasMove, AuditEvent, BaseModel, Policy, Revision
+
+ROLE_TO_PB = {Role.MEMBER: pb.ROLE_MEMBER, Role.SERVICE: pb.ROLE_SERVICE, Role.ADMIN: pb.ROLE_ADMIN}
+ROLE_FROM_PB = {v: k for k, v in ROLE_TO_PB.items()}
+STATUS_TO_PB = {"active": pb.REVISION_STATUS_ACTIVE, "retracted": pb.REVISION_STATUS_RETRACTED}
+
+
+def timestamp(value: dt.datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:  # SQLite keeps no zone; MinT writes UTC
+        value = value.replace(tzinfo=dt.UTC)
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def base_model_pb(m: BaseModel) -> pb.BaseModel:
+    return pb.BaseModel(
+        id=m.id,
+        name=m.name,
+        architecture=m.architecture,
+        config_json=json.dumps(m.config, sort_keys=True),
+        weights_sha256=m.weights_sha256,
+        module_shapes={k: pb.ModuleShape(in_features=v[0], out_features=v[1]) for k, v in m.module_shapes.items()},
+        num_layers=m.num_layers,
+        created_at=timestamp(m.created_at),
+    )
+
+
+def policy_pb(p: Policy) -> pb.Policy:
+    return pb.Policy(
+        id=p.id,
+        tenant=p.tenant,
+        name=p.name,
+        full_name=p.full_name,
+        base_model=p.base_model,
+        description=p.description,
+        head_number=p.head_number,
+        created_at=timestamp(p.created_at),
+        created_by=p.created_by,
+    )
+
+
+def revision_pb(r: Revision) -> pb.Revision:
+    return pb.Revision(
+        id=r.id,
+        policy=r.full_policy,
+        number=r.number,
+        parent_number=r.parent_number or 0,
+        address=r.address,
+        sha256=r.sha256,
+        size_bytes=r.size_bytes,
+        rank=r.rank,
+        alpha=r.alpha,
+        use_rslora=r.use_rslora,
+        target_modules=list(r.target_modules),
+        format=r.format,
+        status=STATUS_TO_PB[r.status],
+        source=r.source,
+        metrics=r.metrics,
+        adapter_config_json=json.dumps(r.adapter_config, sort_keys=True),
+        base_model=r.base_model,
+        created_by=r.created_by,
+        created_at=timestamp(r.created_at),
+        retracted_reason=r.retracted_reason or "",
+    )
+
+
+def adapter_ref(r: Revision) -> common_pb2.AdapterRef:
+    return common_pb2.AdapterRef(
+        revision_id=r.id,
+        address=r.address,
+        sha256=r.sha256,
+        size_bytes=r.size_bytes,
+        rank=r.rank,
+        alpha=r.alpha,
+        use_rslora=r.use_rslora,
+        target_modules=list(r.target_modules),
+        base_model=r.base_model,
+    )
+
+
+def alias_pb(a: Alias) -> pb.Alias:
+    return pb.Alias(policy=a.policy, name=a.name, revision_number=a.revision_number, updated_at=timestamp(a.updated_at))
+
+
+def alias_move_pb(m: AliasMove) -> pb.AliasMove:
+    return pb.AliasMove(
+        id=m.id,
+        policy=m.policy,
+        alias=m.alias,
+        from_number=m.from_number or 0,
+        to_number=m.to_number or 0,
+        action=m.action,
+        actor=m.actor,
+        reason=m.reason,
+        at=timestamp(m.at),
+    )
+
+
+def audit_event_pb(e: AuditEvent) -> pb.AuditEvent:
+    return pb.AuditEvent(
+        id=e.id,
+        at=timestamp(e.at),
+        tenant=e.tenant or "",
+        actor=e.actor,
+        action=e.action,
+        policy=e.policy or "",
+        revision_number=e.revision_number or 0,
+        details_json=json.dumps(e.details, sort_keys=True, default=str),
+    )

@@ -1,0 +1,174 @@
+"""CatalogService over gRPC: messages in, `Catalog` calls, messages out. No logic of its own."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+
+from mint.errors import invalid
+from mint.proto import catalog_pb2 as pb
+from mint.proto import catalog_pb2_grpc
+from services.catalog import convert
+from services.catalog.catalog import Catalog
+from services.catalog.store import ImportRecord
+
+
+def _page(request) -> tuple[str, int]:
+    return request.page.page_token, request.page.page_size
+
+
+def _upload_chunks(requests: Iterator, field: str) -> Iterator[bytes]:
+    for request in requests:
+        if request.WhichOneof("part") != field:
+            raise invalid("only chunks may follow the header of an upload")
+        yield getattr(request, field)
+
+
+class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
+    def __init__(self, catalog: Catalog):
+        self.catalog = catalog
+
+    def WhoAmI(self, request, context):
+        principal = self.catalog.who_am_i()
+        return pb.Principal(tenant=principal.tenant, key_id=principal.key_id, role=convert.ROLE_TO_PB[principal.role])
+
+    def CreateTenant(self, request, context):
+        tenant = self.catalog.create_tenant(request.name)
+        return pb.Tenant(id=tenant.id, name=tenant.name, created_at=convert.timestamp(tenant.created_at))
+
+    def CreateApiKey(self, request, context):
+        role = convert.ROLE_FROM_PB.get(request.role or pb.ROLE_MEMBER)
+        if role is None:
+            raise invalid(f"unknown role {request.role}")
+        key, key_id = self.catalog.create_api_key(request.tenant, request.name, role)
+        principal_tenant = request.tenant or self.catalog.who_am_i().tenant
+        return pb.CreateApiKeyResponse(key=key, key_id=key_id, tenant=principal_tenant, role=convert.ROLE_TO_PB[role])
+
+    def RegisterBaseModel(self, request, context):
+        try:
+            config = json.loads(request.config_json or "{}")
+        except ValueError as err:
+            raise invalid(f"config_json is not valid JSON: {err}") from None
+        model = self.catalog.register_base_model(
+            name=request.name,
+            architecture=request.architecture,
+            config=config,
+            weights_sha256=request.weights_sha256,
+            module_shapes={k: (v.in_features, v.out_features) for k, v in request.module_shapes.items()},
+            num_layers=request.num_layers,
+        )
+        return convert.base_model_pb(model)
+
+    def GetBaseModel(self, request, context):
+        return convert.base_model_pb(self.catalog.get_base_model(request.name))
+
+    def ListBaseModels(self, request, context):
+        page = self.catalog.list_base_models(*_page(request))
+        return pb.ListBaseModelsResponse(base_models=[convert.base_model_pb(m) for m in page.items], next_page_token=page.next_token)
+
+    def CreatePolicy(self, request, context):
+        return convert.policy_pb(self.catalog.create_policy(request.name, request.base_model, request.description))
+
+    def GetPolicy(self, request, context):
+        return convert.policy_pb(self.catalog.get_policy(request.name))
+
+    def ListPolicies(self, request, context):
+        page = self.catalog.list_policies(request.name_prefix, *_page(request))
+        return pb.ListPoliciesResponse(policies=[convert.policy_pb(p) for p in page.items], next_page_token=page.next_token)
+
+    def PublishRevision(self, request_iterator, context):
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise invalid("a publish stream must start with a header message")
+        header = first.header
+        revision = self.catalog.publish(
+            header.policy,
+            header.adapter_config_json,
+            _upload_chunks(request_iterator, "chunk"),
+            parent_number=header.parent_number or None,
+            source=header.source,
+            metrics=dict(header.metrics),
+            size_bytes=header.size_bytes,
+            sha256=header.sha256,
+        )
+        return convert.revision_pb(revision)
+
+    def Resolve(self, request, context):
+        revision = self.catalog.resolve(request.ref)
+        return pb.ResolveResponse(revision=convert.revision_pb(revision), adapter=convert.adapter_ref(revision))
+
+    def GetRevision(self, request, context):
+        return convert.revision_pb(self.catalog.get_revision(request.ref))
+
+    def ListRevisions(self, request, context):
+        page = self.catalog.list_revisions(request.policy, newest_first=request.newest_first, page_token=request.page.page_token, limit=request.page.page_size)
+        return pb.ListRevisionsResponse(revisions=[convert.revision_pb(r) for r in page.items], next_page_token=page.next_token)
+
+    def DownloadRevision(self, request, context):
+        revision, chunks = self.catalog.download_revision(request.ref)
+        yield pb.DownloadChunk(revision=convert.revision_pb(revision))
+        for chunk in chunks:
+            yield pb.DownloadChunk(chunk=chunk)
+
+    def DownloadBlob(self, request, context):
+        for chunk in self.catalog.download_blob(request.sha256):
+            yield pb.DownloadChunk(chunk=chunk)
+
+    def RetractRevision(self, request, context):
+        return convert.revision_pb(self.catalog.retract(request.ref, request.reason))
+
+    def RecordMetrics(self, request, context):
+        return convert.revision_pb(self.catalog.record_metrics(request.ref, dict(request.metrics)))
+
+    def SetAlias(self, request, context):
+        return convert.alias_pb(self.catalog.set_alias(request.policy, request.alias, request.revision_number, request.reason))
+
+    def Rollback(self, request, context):
+        return convert.alias_pb(self.catalog.rollback(request.policy, request.alias, request.to_revision_number, request.reason))
+
+    def ListAliases(self, request, context):
+        return pb.ListAliasesResponse(aliases=[convert.alias_pb(a) for a in self.catalog.list_aliases(request.policy)])
+
+    def ListAliasHistory(self, request, context):
+        page = self.catalog.alias_history(request.policy, request.alias, *_page(request))
+        return pb.ListAliasHistoryResponse(moves=[convert.alias_move_pb(m) for m in page.items], next_page_token=page.next_token)
+
+    def ListAuditEvents(self, request, context):
+        page = self.catalog.list_audit_events(request.policy, request.action, *_page(request))
+        return pb.ListAuditEventsResponse(events=[convert.audit_event_pb(e) for e in page.items], next_page_token=page.next_token)
+
+    def UploadBlob(self, request_iterator, context):
+        first = next(request_iterator, None)
+        if first is None:
+            raise invalid("an upload stream needs at least one chunk")
+
+        def chunks() -> Iterator[bytes]:
+            yield first.data
+            for request in request_iterator:
+                yield request.data
+
+        sha, size = self.catalog.upload_blob(first.base_model, first.adapter_config_json, chunks(), first.sha256)
+        return pb.BlobInfo(sha256=sha, size_bytes=size)
+
+    def ImportRevisions(self, request_iterator, context):
+        def batches() -> Iterator[list[ImportRecord]]:
+            for request in request_iterator:
+                yield [
+                    ImportRecord(
+                        policy=r.policy,
+                        number=r.number,
+                        sha256=r.sha256,
+                        rank=r.rank,
+                        alpha=r.alpha,
+                        target_modules=tuple(r.target_modules),
+                        base_model=r.base_model,
+                        parent_number=r.parent_number or None,
+                        source=r.source or "import",
+                        created_at=r.created_at.ToDatetime(tzinfo=dt.UTC) if r.HasField("created_at") else None,
+                    )
+                    for r in request.records
+                ]
+
+        result = self.catalog.import_revisions(batches())
+        return pb.ImportRevisionsResponse(revisions=result.revisions, policies_created=result.policies_created)

@@ -1,0 +1,90 @@
+"""The append-only audit log: written inside the transaction of the change it records."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import and_, insert, select
+from sqlalchemy.engine import Connection
+
+from mint.errors import not_found
+from services.catalog.store.db import Database
+from services.catalog.store.entities import AuditEvent, Page, decode_token, encode_token, page_size, utcnow
+from services.catalog.store.tables import audit_events, policies, tenants
+
+
+def record_event(
+    conn: Connection,
+    *,
+    tenant_id: int | None,
+    actor: str,
+    action: str,
+    policy_id: int | None = None,
+    revision_number: int | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    conn.execute(
+        insert(audit_events).values(
+            at=utcnow(),
+            tenant_id=tenant_id,
+            actor=actor,
+            action=action,
+            policy_id=policy_id,
+            revision_number=revision_number,
+            details=details or {},
+        )
+    )
+
+
+class AuditStore:
+    def __init__(self, db: Database):
+        self.db = db
+
+    def list_events(
+        self, tenant: str, *, policy: str | None = None, action: str | None = None, page_token: str = "", limit: int = 0
+    ) -> Page[AuditEvent]:
+        """Newest first, keyset-paginated on the event id."""
+        size = page_size(limit)
+        after = decode_token(page_token, 1)
+        pt = tenants.alias("pt")
+        query = (
+            select(
+                audit_events,
+                tenants.c.name.label("tenant_name"),
+                policies.c.name.label("policy_name"),
+                pt.c.name.label("policy_tenant"),
+            )
+            .join(tenants, tenants.c.id == audit_events.c.tenant_id)
+            .outerjoin(policies, policies.c.id == audit_events.c.policy_id)
+            .outerjoin(pt, pt.c.id == policies.c.tenant_id)
+            .where(tenants.c.name == tenant)
+            .order_by(audit_events.c.id.desc())
+            .limit(size + 1)
+        )
+        with self.db.read() as conn:
+            if policy is not None:
+                policy_id = conn.execute(
+                    select(policies.c.id).join(tenants, tenants.c.id == policies.c.tenant_id).where(and_(tenants.c.name == tenant, policies.c.name == policy))
+                ).scalar()
+                if policy_id is None:
+                    raise not_found(f"policy {tenant}/{policy} not found")
+                query = query.where(audit_events.c.policy_id == policy_id)
+            if action:
+                query = query.where(audit_events.c.action == action)
+            if after is not None:
+                query = query.where(audit_events.c.id < after[0])
+            rows = conn.execute(query).all()
+        events = [
+            AuditEvent(
+                id=row.id,
+                at=row.at,
+                tenant=row.tenant_name,
+                actor=row.actor,
+                action=row.action,
+                policy=f"{row.policy_tenant}/{row.policy_name}" if row.policy_name else None,
+                revision_number=row.revision_number,
+                details=row.details,
+            )
+            for row in rows[:size]
+        ]
+        return Page(items=events, next_token=encode_token(events[-1].id) if len(rows) > size else "")

@@ -1,0 +1,240 @@
+"""Bulk import of revision records that reference already-uploaded blobs (catalog migrations, backfills).
+
+Records stream into a temporary staging table (COPY on Postgres, executemany on SQLite); then set-based
+SQL checks them all (tenants, base models, blobs, dense numbering that continues each policy's head),
+creates missing policies, inserts the revisions, advances heads and `latest`, and writes one audit event,
+all in one transaction: every record lands or none does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+from mint.adapters import LORA_MODULES, AdapterConfig
+from mint.errors import invalid, not_found
+from mint.names import PolicyName
+from services.catalog.store.audit import record_event
+from services.catalog.store.db import Database
+from services.catalog.store.entities import utcnow
+from services.catalog.store.revisions import FORMAT
+
+MAX_RANK = 256
+_STAGING_COLUMNS = (
+    "tenant", "policy", "base_model", "number", "parent_number", "sha256", "rank", "alpha", "target_modules",
+    "adapter_config", "source", "created_at",
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ImportRecord:
+    policy: str  # tenant/policy
+    number: int
+    sha256: str
+    rank: int
+    alpha: float
+    target_modules: tuple[str, ...]
+    base_model: str = ""  # needed only when the policy does not exist yet
+    parent_number: int | None = None
+    source: str = "import"
+    created_at: dt.datetime | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ImportResult:
+    revisions: int
+    policies_created: int
+
+
+class _RowEncoder:
+    """Turns records into staging rows, validating each and caching per-policy and per-config work."""
+
+    def __init__(self) -> None:
+        self._policies: dict[str, tuple[str, str]] = {}
+        self._configs: dict[tuple[int, float, tuple[str, ...]], tuple[str, str]] = {}
+        self.now = utcnow()
+
+    def row(self, r: ImportRecord) -> tuple[Any, ...]:
+        names = self._policies.get(r.policy)
+        if names is None:
+            parsed = PolicyName.parse(r.policy)
+            if parsed.tenant is None:
+                raise invalid(f"bulk records must name tenant/policy, got {r.policy!r}")
+            names = self._policies[r.policy] = (parsed.tenant, parsed.name)
+        key = (r.rank, r.alpha, r.target_modules)
+        config = self._configs.get(key)
+        if config is None:
+            if not 1 <= r.rank <= MAX_RANK:
+                raise invalid(f"record {r.policy}@{r.number}: rank {r.rank} must be in 1..{MAX_RANK}")
+            if not (math.isfinite(r.alpha) and r.alpha > 0):
+                raise invalid(f"record {r.policy}@{r.number}: alpha {r.alpha} must be a positive number")
+            if not set(r.target_modules) <= set(LORA_MODULES) or not r.target_modules:
+                raise invalid(f"record {r.policy}@{r.number}: target_modules {list(r.target_modules)} must be among {list(LORA_MODULES)}")
+            cfg = AdapterConfig(r=r.rank, lora_alpha=r.alpha, target_modules=r.target_modules)
+            config = self._configs[key] = (json.dumps(list(cfg.target_modules)), cfg.to_json())
+        if r.number < 1 or (r.parent_number is not None and not 1 <= r.parent_number < r.number):
+            raise invalid(f"record {r.policy}@{r.number}: numbers start at 1 and a parent must be an earlier revision")
+        return (
+            names[0], names[1], r.base_model, r.number, r.parent_number, r.sha256, r.rank, r.alpha,
+            config[0], config[1], r.source[:256], r.created_at or self.now,
+        )
+
+
+class BulkImporter:
+    def __init__(self, db: Database):
+        self.db = db
+
+    def import_records(self, batches: Iterable[Iterable[ImportRecord]], *, actor: str) -> ImportResult:
+        encoder = _RowEncoder()
+        rows = (encoder.row(r) for batch in batches for r in batch)
+        with self.db.write() as conn:
+            staged = self._stage(conn, rows)
+            if staged == 0:
+                raise invalid("the import stream held no records")
+            return self._apply(conn, staged, actor)
+
+    def _stage(self, conn: Connection, rows: Iterable[tuple[Any, ...]]) -> int:
+        pg = self.db.is_postgres
+        conn.exec_driver_sql(
+            "CREATE TEMP TABLE import_staging (tenant text, policy text, base_model text, number integer, "
+            "parent_number integer, sha256 text, rank integer, alpha double precision, target_modules text, "
+            f"adapter_config text, source text, created_at {'timestamptz' if pg else 'timestamp'})"
+            + (" ON COMMIT DROP" if pg else "")
+        )
+        count = 0
+        if pg:
+            cursor = conn.connection.driver_connection.cursor()
+            with cursor.copy(f"COPY import_staging ({', '.join(_STAGING_COLUMNS)}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+                    count += 1
+            cursor.close()
+        else:
+            insert_sql = f"INSERT INTO import_staging VALUES ({', '.join('?' * len(_STAGING_COLUMNS))})"
+            batch: list[tuple[Any, ...]] = []
+            for row in rows:
+                batch.append(row)
+                if len(batch) == 10_000:
+                    conn.exec_driver_sql(insert_sql, batch)
+                    count, batch = count + len(batch), []
+            if batch:
+                conn.exec_driver_sql(insert_sql, batch)
+                count += len(batch)
+        return count
+
+    def _apply(self, conn: Connection, staged: int, actor: str) -> ImportResult:
+        pg = self.db.is_postgres
+        jsonb = "::jsonb" if pg else ""
+        one = conn.execute
+        missing = one(text("SELECT DISTINCT s.tenant FROM import_staging s LEFT JOIN tenants t ON t.name = s.tenant WHERE t.id IS NULL LIMIT 1")).scalar()
+        if missing:
+            raise not_found(f"bulk import names tenant {missing!r}, which does not exist")
+        missing = one(text("SELECT s.sha256 FROM import_staging s LEFT JOIN blobs b ON b.sha256 = s.sha256 WHERE b.sha256 IS NULL LIMIT 1")).scalar()
+        if missing:
+            raise not_found(f"bulk import references blob {missing}, which was not uploaded")
+        # Policies that do not exist yet are created, which needs a registered base model.
+        new_policies = one(
+            text(
+                "SELECT s.tenant, s.policy, max(s.base_model) AS base_model, min(s.base_model) AS base_min "
+                "FROM import_staging s JOIN tenants t ON t.name = s.tenant "
+                "LEFT JOIN policies p ON p.tenant_id = t.id AND p.name = s.policy "
+                "WHERE p.id IS NULL GROUP BY s.tenant, s.policy"
+            )
+        ).all()
+        for row in new_policies:
+            if not row.base_model or row.base_model != row.base_min:
+                raise invalid(f"policy {row.tenant}/{row.policy} does not exist; its records must all name one base_model to create it")
+        if new_policies:
+            unknown = one(
+                text(
+                    "SELECT DISTINCT s.base_model FROM import_staging s LEFT JOIN base_models b ON b.name = s.base_model "
+                    "WHERE s.base_model <> '' AND b.id IS NULL LIMIT 1"
+                )
+            ).scalar()
+            if unknown:
+                raise not_found(f"bulk import names base model {unknown!r}, which is not registered")
+            one(
+                text(
+                    "INSERT INTO policies (tenant_id, name, base_model_id, description, head_number, created_at, created_by) "
+                    "SELECT t.id, s.policy, b.id, '', 0, :now, :actor "
+                    "FROM (SELECT tenant, policy, max(base_model) AS base_model FROM import_staging GROUP BY tenant, policy) s "
+                    "JOIN tenants t ON t.name = s.tenant JOIN base_models b ON b.name = s.base_model "
+                    "WHERE NOT EXISTS (SELECT 1 FROM policies p WHERE p.tenant_id = t.id AND p.name = s.policy)"
+                ),
+                {"now": utcnow(), "actor": actor},
+            )
+        if pg:  # lock the batch's policies (in id order: no deadlocks) before reading their heads
+            one(
+                text(
+                    "SELECT p.id FROM policies p JOIN tenants t ON t.id = p.tenant_id "
+                    "WHERE (t.name, p.name) IN (SELECT tenant, policy FROM import_staging) ORDER BY p.id FOR UPDATE OF p"
+                )
+            )
+        one(
+            text(
+                "CREATE TEMP TABLE import_heads AS "
+                "SELECT p.id AS policy_id, p.tenant_id, count(*) AS n, count(DISTINCT s.number) AS distinct_n, "
+                "min(s.number) AS lo, max(s.number) AS hi, min(p.name) AS policy, min(s.tenant) AS tenant "
+                "FROM import_staging s JOIN tenants t ON t.name = s.tenant "
+                "JOIN policies p ON p.tenant_id = t.id AND p.name = s.policy "
+                "GROUP BY p.id, p.tenant_id"
+            )
+        )
+        bad = one(
+            text(
+                "SELECT h.tenant, h.policy, p.head_number AS head, h.lo, h.hi, h.n, h.distinct_n "
+                "FROM import_heads h JOIN policies p ON p.id = h.policy_id "
+                "WHERE h.lo <> p.head_number + 1 OR h.hi <> p.head_number + h.n OR h.distinct_n <> h.n LIMIT 1"
+            )
+        ).first()
+        if bad is not None:
+            raise invalid(
+                f"records for {bad.tenant}/{bad.policy} must number {bad.head + 1}..{bad.head + bad.n} without gaps "
+                f"or repeats (its head is {bad.head}); got {bad.lo}..{bad.hi} with {bad.distinct_n} distinct of {bad.n}"
+            )
+        one(
+            text(
+                "INSERT INTO revisions (tenant_id, policy_id, number, parent_number, sha256, size_bytes, rank, alpha, "
+                "use_rslora, target_modules, format, status, source, metrics, adapter_config, created_by, created_at) "
+                f"SELECT h.tenant_id, h.policy_id, s.number, s.parent_number, s.sha256, b.size_bytes, s.rank, s.alpha, "
+                f"false, s.target_modules{jsonb}, :format, 'active', s.source, '{{}}'{jsonb}, s.adapter_config{jsonb}, :actor, s.created_at "
+                "FROM import_staging s JOIN tenants t ON t.name = s.tenant "
+                "JOIN import_heads h ON h.tenant_id = t.id AND h.policy = s.policy "
+                "JOIN blobs b ON b.sha256 = s.sha256"
+            ),
+            {"format": FORMAT, "actor": actor},
+        )
+        now = utcnow()
+        one(text("UPDATE policies SET head_number = (SELECT hi FROM import_heads h WHERE h.policy_id = policies.id) WHERE id IN (SELECT policy_id FROM import_heads)"))
+        one(
+            text(
+                "INSERT INTO alias_moves (policy_id, alias, from_number, to_number, action, actor, reason, at) "
+                "SELECT h.policy_id, 'latest', a.revision_number, h.hi, 'import', :actor, '', :now "
+                "FROM import_heads h LEFT JOIN aliases a ON a.policy_id = h.policy_id AND a.name = 'latest'"
+            ),
+            {"actor": actor, "now": now},
+        )
+        one(
+            text(
+                "INSERT INTO aliases (policy_id, name, revision_number, updated_at) "
+                "SELECT policy_id, 'latest', hi, :now FROM import_heads WHERE true "
+                "ON CONFLICT (policy_id, name) DO UPDATE SET revision_number = excluded.revision_number, updated_at = excluded.updated_at"
+            ),
+            {"now": now},
+        )
+        touched = one(text("SELECT count(*) FROM import_heads")).scalar_one()
+        tenant_ids = [r[0] for r in one(text("SELECT DISTINCT tenant_id FROM import_heads")).all()]
+        one(text("DROP TABLE import_heads"))
+        if not pg:
+            one(text("DROP TABLE import_staging"))
+        details = {"revisions": staged, "policies": touched, "policies_created": len(new_policies)}
+        for tenant_id in tenant_ids:
+            record_event(conn, tenant_id=tenant_id, actor=actor, action="bulk_import", details=details)
+        return ImportResult(revisions=staged, policies_created=len(new_policies))

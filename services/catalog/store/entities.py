@@ -1,0 +1,166 @@
+"""Plain entities the catalog store returns. Rows become these before they leave the store."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import json
+from typing import Any, Generic, TypeVar
+
+from mint.auth import Role
+from mint.errors import invalid
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Tenant:
+    id: int
+    name: str
+    created_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ApiKey:
+    key_id: str
+    tenant: str
+    name: str
+    role: Role
+    secret_hash: str
+    revoked: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BaseModel:
+    id: int
+    name: str
+    architecture: str
+    config: dict[str, Any]
+    weights_sha256: str
+    module_shapes: dict[str, tuple[int, int]]
+    num_layers: int
+    created_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Policy:
+    id: int
+    tenant_id: int
+    tenant: str
+    name: str
+    base_model: str
+    description: str
+    head_number: int
+    created_at: dt.datetime
+    created_by: str
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.tenant}/{self.name}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Revision:
+    id: int
+    tenant: str
+    policy: str
+    number: int
+    parent_number: int | None
+    sha256: str
+    size_bytes: int
+    rank: int
+    alpha: float
+    use_rslora: bool
+    target_modules: tuple[str, ...]
+    format: str
+    status: str
+    source: str
+    metrics: dict[str, float]
+    adapter_config: dict[str, Any]
+    base_model: str
+    created_by: str
+    created_at: dt.datetime
+    retracted_reason: str | None
+
+    @property
+    def full_policy(self) -> str:
+        return f"{self.tenant}/{self.policy}"
+
+    @property
+    def address(self) -> str:
+        return f"{self.tenant}/{self.policy}@{self.number}"
+
+    @property
+    def active(self) -> bool:
+        return self.status == "active"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Alias:
+    policy: str
+    name: str
+    revision_number: int
+    updated_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AliasMove:
+    id: int
+    policy: str
+    alias: str
+    from_number: int | None
+    to_number: int | None
+    action: str
+    actor: str
+    reason: str
+    at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AuditEvent:
+    id: int
+    at: dt.datetime
+    tenant: str | None
+    actor: str
+    action: str
+    policy: str | None
+    revision_number: int | None
+    details: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_token: str  # empty on the last page
+
+
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 100
+
+
+def page_size(requested: int) -> int:
+    if requested < 0:
+        raise invalid(f"page_size must be >= 0, got {requested}")
+    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def encode_token(*key: Any) -> str:
+    """An opaque keyset token: the sort key of the last row on the page."""
+    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode()
+
+
+def decode_token(token: str, arity: int) -> list[Any] | None:
+    if not token:
+        return None
+    try:
+        key = json.loads(base64.urlsafe_b64decode(token.encode()))
+    except (ValueError, TypeError):
+        raise invalid("page_token is malformed; pass next_page_token from the previous page") from None
+    if not isinstance(key, list) or len(key) != arity:
+        raise invalid("page_token does not belong to this listing")
+    return key
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)

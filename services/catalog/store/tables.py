@@ -1,0 +1,160 @@
+"""The catalog's tables as SQLAlchemy Core objects, for queries. The schema itself is owned by the
+Alembic migrations in `migrations/`; a test checks that these definitions match them."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+
+# SQLite only autoincrements INTEGER PRIMARY KEY; Postgres gets bigint identities.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+Json = JSON().with_variant(JSONB(), "postgresql")
+Timestamp = DateTime(timezone=True)
+
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("created_at", Timestamp, nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("key_id", String(12), nullable=False, unique=True),
+    Column("tenant_id", Id, ForeignKey("tenants.id"), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("secret_hash", String(64), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("revoked_at", Timestamp, nullable=True),
+    CheckConstraint("role IN ('member', 'service', 'admin')", name="ck_api_keys_role"),
+)
+
+base_models = Table(
+    "base_models",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("architecture", String(64), nullable=False),
+    Column("config", Json, nullable=False),
+    Column("weights_sha256", String(64), nullable=False),
+    Column("module_shapes", Json, nullable=False),
+    Column("num_layers", Integer, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+)
+
+policies = Table(
+    "policies",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("tenant_id", Id, ForeignKey("tenants.id"), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("base_model_id", Id, ForeignKey("base_models.id"), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("head_number", Integer, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("created_by", String(64), nullable=False),
+    UniqueConstraint("tenant_id", "name", name="uq_policies_tenant_name"),
+)
+
+blobs = Table(
+    "blobs",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+)
+
+revisions = Table(
+    "revisions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("tenant_id", Id, ForeignKey("tenants.id"), nullable=False),
+    Column("policy_id", Id, ForeignKey("policies.id"), nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("parent_number", Integer, nullable=True),
+    Column("sha256", String(64), ForeignKey("blobs.sha256"), nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("rank", Integer, nullable=False),
+    Column("alpha", Float, nullable=False),
+    Column("use_rslora", Boolean, nullable=False),
+    Column("target_modules", Json, nullable=False),
+    Column("format", String(32), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("source", String(256), nullable=False),
+    Column("metrics", Json, nullable=False),
+    Column("adapter_config", Json, nullable=False),
+    Column("created_by", String(64), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("retracted_at", Timestamp, nullable=True),
+    Column("retracted_reason", Text, nullable=True),
+    UniqueConstraint("policy_id", "number", name="uq_revisions_policy_number"),
+    CheckConstraint("number >= 1", name="ck_revisions_number"),
+    CheckConstraint("status IN ('active', 'retracted')", name="ck_revisions_status"),
+    Index("ix_revisions_tenant_id", "tenant_id", "id"),
+    Index("ix_revisions_sha256", "sha256"),
+)
+
+aliases = Table(
+    "aliases",
+    metadata,
+    Column("policy_id", Id, ForeignKey("policies.id"), primary_key=True),
+    Column("name", String(64), primary_key=True),
+    Column("revision_number", Integer, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+    ForeignKeyConstraint(
+        ["policy_id", "revision_number"], ["revisions.policy_id", "revisions.number"], name="fk_aliases_revision"
+    ),
+)
+
+alias_moves = Table(
+    "alias_moves",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("policy_id", Id, ForeignKey("policies.id"), nullable=False),
+    Column("alias", String(64), nullable=False),
+    Column("from_number", Integer, nullable=True),
+    Column("to_number", Integer, nullable=True),
+    Column("action", String(16), nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("at", Timestamp, nullable=False),
+    Index("ix_alias_moves_policy_alias", "policy_id", "alias", "id"),
+)
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("at", Timestamp, nullable=False),
+    Column("tenant_id", Id, ForeignKey("tenants.id"), nullable=True),
+    Column("actor", String(64), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("policy_id", Id, ForeignKey("policies.id"), nullable=True),
+    Column("revision_number", Integer, nullable=True),
+    Column("details", Json, nullable=False),
+    Index("ix_audit_events_tenant", "tenant_id", "id"),
+    Index("ix_audit_events_policy", "policy_id", "id"),
+)
