@@ -159,12 +159,19 @@ def build_server(
     return server, port
 
 
-def run_until_signalled(server: grpc.Server, on_stop: Callable[[], None] | None = None, grace_s: float = 5.0) -> None:
-    """Serve until SIGINT/SIGTERM, then stop gracefully."""
+READY_LINE = "mint {name} listening on port {port}"
+
+
+def run_until_signalled(
+    server: grpc.Server, port: int, name: str, on_stop: Callable[[], None] | None = None, grace_s: float = 5.0
+) -> None:
+    """Serve until SIGINT/SIGTERM, then stop gracefully. Prints READY_LINE once serving, which is how a
+    parent process (`mint.procs`) learns the port of a child bound to port 0."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     server.start()
+    print(READY_LINE.format(name=name, port=port), flush=True)
     stop.wait()
     server.stop(grace_s).wait()
     if on_stop is not None:

@@ -69,21 +69,21 @@ def upgrade() -> None:
     op.create_table(
         "revisions",
         sa.Column("id", Id, primary_key=True, autoincrement=True),
-        sa.Column("tenant_id", Id, sa.ForeignKey("tenants.id"), nullable=False),
-        sa.Column("policy_id", Id, sa.ForeignKey("policies.id"), nullable=False),
+        # No foreign keys on purpose: see services/catalog/store/tables.py.
+        sa.Column("tenant_id", Id, nullable=False),
+        sa.Column("policy_id", Id, nullable=False),
         sa.Column("number", sa.Integer, nullable=False),
         sa.Column("parent_number", sa.Integer, nullable=True),
-        sa.Column("sha256", sa.String(64), sa.ForeignKey("blobs.sha256"), nullable=False),
+        sa.Column("sha256", sa.String(64), nullable=False),
         sa.Column("size_bytes", sa.BigInteger, nullable=False),
         sa.Column("rank", sa.Integer, nullable=False),
         sa.Column("alpha", sa.Float, nullable=False),
         sa.Column("use_rslora", sa.Boolean, nullable=False),
-        sa.Column("target_modules", Json, nullable=False),
+        sa.Column("target_modules", sa.String(128), nullable=False),
         sa.Column("format", sa.String(32), nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("source", sa.String(256), nullable=False),
         sa.Column("metrics", Json, nullable=False),
-        sa.Column("adapter_config", Json, nullable=False),
         sa.Column("created_by", sa.String(64), nullable=False),
         sa.Column("created_at", Timestamp, nullable=False),
         sa.Column("retracted_at", Timestamp, nullable=True),
@@ -93,7 +93,6 @@ def upgrade() -> None:
         sa.CheckConstraint("status IN ('active', 'retracted')", name="ck_revisions_status"),
     )
     op.create_index("ix_revisions_tenant_id", "revisions", ["tenant_id", "id"])
-    op.create_index("ix_revisions_sha256", "revisions", ["sha256"])
     op.create_table(
         "aliases",
         sa.Column("policy_id", Id, sa.ForeignKey("policies.id"), primary_key=True),

@@ -134,6 +134,10 @@ class Catalog:
         if size_bytes > self.limits.max_bytes:
             raise invalid(f"adapter is {size_bytes} bytes; the limit is {self.limits.max_bytes}")
         policy = self.store.policies.get(policy_ref.tenant, policy_ref.name)
+        # Everything that can be checked before bytes are stored is: a rejected publish stores nothing.
+        # (Revisions are never deleted, so a parent within the head now still exists at commit.)
+        if parent_number and not 1 <= parent_number <= policy.head_number:
+            raise invalid(f"parent revision {parent_number} does not exist in {policy.full_name} (revisions are 1..{policy.head_number})")
         staged = self._receive_validated(chunks, self.store.base_models.get(policy.base_model), config, sha256)
         if size_bytes and staged.size != size_bytes:
             staged.discard()
@@ -180,11 +184,10 @@ class Catalog:
         return revision, self.blobs.read_chunks(revision.sha256)
 
     def download_blob(self, sha256: str) -> Iterator[bytes]:
-        principal = auth.current_principal()
-        check_sha256(sha256)
-        if not principal.privileged and not self.store.revisions.tenant_has_blob(principal.tenant, sha256):
-            raise not_found(f"blob {sha256} not found")
-        return self.blobs.read_chunks(sha256)
+        """Blob bytes by hash, for MinT's own services (engines fill their caches this way)."""
+        if not auth.current_principal().privileged:
+            raise MintError(Code.PERMISSION_DENIED, "blobs are read by hash only by service keys; download a revision by reference instead")
+        return self.blobs.read_chunks(check_sha256(sha256))
 
     def retract(self, ref: str, reason: str) -> Revision:
         principal = auth.current_principal()

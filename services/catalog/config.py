@@ -27,12 +27,13 @@ class CatalogConfig:
     @classmethod
     def from_env(cls, **overrides) -> CatalogConfig:
         env = os.environ
-        values = dict(
-            database_url=env.get("MINT_DATABASE_URL", cls.database_url),
-            blob_dir=env.get("MINT_BLOB_DIR", cls.blob_dir),
-            address=env.get("MINT_CATALOG_ADDRESS", "0.0.0.0:50051"),
-            admin_key=env.get("MINT_ADMIN_KEY", ""),
-            admin_tenant=env.get("MINT_ADMIN_TENANT", cls.admin_tenant),
-        )
-        values.update(overrides)
-        return cls(**values)
+        names = {
+            "database_url": "MINT_DATABASE_URL",
+            "blob_dir": "MINT_BLOB_DIR",
+            "address": "MINT_CATALOG_ADDRESS",
+            "admin_key": "MINT_ADMIN_KEY",
+            "admin_tenant": "MINT_ADMIN_TENANT",
+        }
+        values = {field: env[var] for field, var in names.items() if var in env}
+        values.setdefault("address", "0.0.0.0:50051")
+        return cls(**{**values, **overrides})

@@ -71,7 +71,7 @@ def revision_pb(r: Revision) -> pb.Revision:
         status=STATUS_TO_PB[r.status],
         source=r.source,
         metrics=r.metrics,
-        adapter_config_json=json.dumps(r.adapter_config, sort_keys=True),
+        adapter_config_json=r.adapter_config.to_json(),
         base_model=r.base_model,
         created_by=r.created_by,
         created_at=timestamp(r.created_at),

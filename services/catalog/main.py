@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import grpc
 
 from mint.auth import Role
@@ -42,5 +40,4 @@ def serve(config: CatalogConfig | None = None) -> None:
     config = config or CatalogConfig.from_env()
     catalog = open_catalog(config)
     server, port = create_server(config, catalog)
-    logging.getLogger(__name__).info("catalog serving on port %d", port)
-    run_until_signalled(server, on_stop=catalog.store.close)
+    run_until_signalled(server, port, "catalog", on_stop=catalog.store.close)

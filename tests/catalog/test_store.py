@@ -245,7 +245,8 @@ def test_bulk_import_creates_policies_and_continues_heads(store):
     assert (result.revisions, result.policies_created) == (17, 5)
     assert store.revisions.resolve(ref("acme/p3")).number == 3
     got = store.revisions.resolve(ref("acme/existing"))
-    assert (got.number, got.rank, got.size_bytes, got.adapter_config["r"]) == (3, 8, 4096, 8)
+    assert (got.number, got.rank, got.size_bytes, got.adapter_config.r) == (3, 8, 4096, 8)
+    assert got.target_modules == ("q_proj", "k_proj")
     assert store.policies.get("acme", "p4").head_number == 3
     assert store.audit.list_events("acme", action="bulk_import").items[0].details["revisions"] == 17
 

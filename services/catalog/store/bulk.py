@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
+import itertools
 import math
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import Any, NamedTuple
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from mint.adapters import LORA_MODULES, AdapterConfig
+from mint.adapters import LORA_MODULES
 from mint.errors import invalid, not_found
 from mint.names import PolicyName
 from services.catalog.store.audit import record_event
@@ -28,13 +28,15 @@ from services.catalog.store.revisions import FORMAT
 
 MAX_RANK = 256
 _STAGING_COLUMNS = (
-    "tenant", "policy", "base_model", "number", "parent_number", "sha256", "rank", "alpha", "target_modules",
-    "adapter_config", "source", "created_at",
+    "tenant", "policy", "base_model", "number", "parent_number", "sha256", "rank", "alpha", "target_modules", "source", "created_at",
 )
+_NULL = "\\N"
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class ImportRecord:
+class ImportRecord(NamedTuple):
+    """One revision to import (a tuple: a million of them must be cheap to make)."""
+
     policy: str  # tenant/policy
     number: int
     sha256: str
@@ -54,12 +56,12 @@ class ImportResult:
 
 
 class _RowEncoder:
-    """Turns records into staging rows, validating each and caching per-policy and per-config work."""
+    """Turns records into staging rows, validating each; per-policy and per-config work is cached."""
 
     def __init__(self) -> None:
         self._policies: dict[str, tuple[str, str]] = {}
-        self._configs: dict[tuple[int, float, tuple[str, ...]], tuple[str, str]] = {}
-        self.now = utcnow()
+        self._modules: dict[tuple[str, ...], str] = {}
+        self._checked: set[tuple[int, float]] = set()
 
     def row(self, r: ImportRecord) -> tuple[Any, ...]:
         names = self._policies.get(r.policy)
@@ -68,23 +70,35 @@ class _RowEncoder:
             if parsed.tenant is None:
                 raise invalid(f"bulk records must name tenant/policy, got {r.policy!r}")
             names = self._policies[r.policy] = (parsed.tenant, parsed.name)
-        key = (r.rank, r.alpha, r.target_modules)
-        config = self._configs.get(key)
-        if config is None:
+        modules = self._modules.get(r.target_modules)
+        if modules is None:
+            if not set(r.target_modules) <= set(LORA_MODULES) or not r.target_modules:
+                raise invalid(f"record {r.policy}@{r.number}: target_modules {list(r.target_modules)} must be among {list(LORA_MODULES)}")
+            modules = self._modules[r.target_modules] = ",".join(m for m in LORA_MODULES if m in r.target_modules)
+        if (r.rank, r.alpha) not in self._checked:
             if not 1 <= r.rank <= MAX_RANK:
                 raise invalid(f"record {r.policy}@{r.number}: rank {r.rank} must be in 1..{MAX_RANK}")
             if not (math.isfinite(r.alpha) and r.alpha > 0):
                 raise invalid(f"record {r.policy}@{r.number}: alpha {r.alpha} must be a positive number")
-            if not set(r.target_modules) <= set(LORA_MODULES) or not r.target_modules:
-                raise invalid(f"record {r.policy}@{r.number}: target_modules {list(r.target_modules)} must be among {list(LORA_MODULES)}")
-            cfg = AdapterConfig(r=r.rank, lora_alpha=r.alpha, target_modules=r.target_modules)
-            config = self._configs[key] = (json.dumps(list(cfg.target_modules)), cfg.to_json())
+            self._checked.add((r.rank, r.alpha))
         if r.number < 1 or (r.parent_number is not None and not 1 <= r.parent_number < r.number):
             raise invalid(f"record {r.policy}@{r.number}: numbers start at 1 and a parent must be an earlier revision")
-        return (
-            names[0], names[1], r.base_model, r.number, r.parent_number, r.sha256, r.rank, r.alpha,
-            config[0], config[1], r.source[:256], r.created_at or self.now,
-        )
+        return (names[0], names[1], r.base_model, r.number, r.parent_number, r.sha256, r.rank, r.alpha, modules, r.source[:256], r.created_at)
+
+
+def _copy_line(row: tuple[Any, ...]) -> str:
+    """One line of COPY text format; free-text fields are escaped, names were validated."""
+    tenant, policy, base, number, parent, sha, rank, alpha, modules, source, created = row
+    parent = _NULL if parent is None else parent
+    created = _NULL if created is None else created.isoformat()
+    base, sha, source = base.translate(_COPY_ESCAPES), sha.translate(_COPY_ESCAPES), source.translate(_COPY_ESCAPES)
+    return f"{tenant}\t{policy}\t{base}\t{number}\t{parent}\t{sha}\t{rank}\t{alpha!r}\t{modules}\t{source}\t{created}\n"
+
+
+def _batched(rows: Iterable[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:
+    iterator = iter(rows)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
 
 
 class BulkImporter:
@@ -105,26 +119,19 @@ class BulkImporter:
         conn.exec_driver_sql(
             "CREATE TEMP TABLE import_staging (tenant text, policy text, base_model text, number integer, "
             "parent_number integer, sha256 text, rank integer, alpha double precision, target_modules text, "
-            f"adapter_config text, source text, created_at {'timestamptz' if pg else 'timestamp'})"
-            + (" ON COMMIT DROP" if pg else "")
+            f"source text, created_at {'timestamptz' if pg else 'timestamp'})" + (" ON COMMIT DROP" if pg else "")
         )
         count = 0
         if pg:
             cursor = conn.connection.driver_connection.cursor()
             with cursor.copy(f"COPY import_staging ({', '.join(_STAGING_COLUMNS)}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
-                    count += 1
+                for batch in _batched(rows, 10_000):
+                    copy.write("".join(map(_copy_line, batch)))
+                    count += len(batch)
             cursor.close()
         else:
             insert_sql = f"INSERT INTO import_staging VALUES ({', '.join('?' * len(_STAGING_COLUMNS))})"
-            batch: list[tuple[Any, ...]] = []
-            for row in rows:
-                batch.append(row)
-                if len(batch) == 10_000:
-                    conn.exec_driver_sql(insert_sql, batch)
-                    count, batch = count + len(batch), []
-            if batch:
+            for batch in _batched(rows, 10_000):
                 conn.exec_driver_sql(insert_sql, batch)
                 count += len(batch)
         return count
@@ -132,6 +139,7 @@ class BulkImporter:
     def _apply(self, conn: Connection, staged: int, actor: str) -> ImportResult:
         pg = self.db.is_postgres
         jsonb = "::jsonb" if pg else ""
+        now = utcnow()
         one = conn.execute
         missing = one(text("SELECT DISTINCT s.tenant FROM import_staging s LEFT JOIN tenants t ON t.name = s.tenant WHERE t.id IS NULL LIMIT 1")).scalar()
         if missing:
@@ -168,7 +176,7 @@ class BulkImporter:
                     "JOIN tenants t ON t.name = s.tenant JOIN base_models b ON b.name = s.base_model "
                     "WHERE NOT EXISTS (SELECT 1 FROM policies p WHERE p.tenant_id = t.id AND p.name = s.policy)"
                 ),
-                {"now": utcnow(), "actor": actor},
+                {"now": now, "actor": actor},
             )
         if pg:  # lock the batch's policies (in id order: no deadlocks) before reading their heads
             one(
@@ -202,16 +210,15 @@ class BulkImporter:
         one(
             text(
                 "INSERT INTO revisions (tenant_id, policy_id, number, parent_number, sha256, size_bytes, rank, alpha, "
-                "use_rslora, target_modules, format, status, source, metrics, adapter_config, created_by, created_at) "
-                f"SELECT h.tenant_id, h.policy_id, s.number, s.parent_number, s.sha256, b.size_bytes, s.rank, s.alpha, "
-                f"false, s.target_modules{jsonb}, :format, 'active', s.source, '{{}}'{jsonb}, s.adapter_config{jsonb}, :actor, s.created_at "
+                "use_rslora, target_modules, format, status, source, metrics, created_by, created_at) "
+                "SELECT h.tenant_id, h.policy_id, s.number, s.parent_number, s.sha256, b.size_bytes, s.rank, s.alpha, "
+                f"false, s.target_modules, :format, 'active', s.source, '{{}}'{jsonb}, :actor, COALESCE(s.created_at, :now) "
                 "FROM import_staging s JOIN tenants t ON t.name = s.tenant "
                 "JOIN import_heads h ON h.tenant_id = t.id AND h.policy = s.policy "
                 "JOIN blobs b ON b.sha256 = s.sha256"
             ),
-            {"format": FORMAT, "actor": actor},
+            {"format": FORMAT, "actor": actor, "now": now},
         )
-        now = utcnow()
         one(text("UPDATE policies SET head_number = (SELECT hi FROM import_heads h WHERE h.policy_id = policies.id) WHERE id IN (SELECT policy_id FROM import_heads)"))
         one(
             text(

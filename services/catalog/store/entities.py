@@ -8,6 +8,7 @@ import datetime as dt
 import json
 from typing import Any, Generic, TypeVar
 
+from mint.adapters import AdapterConfig
 from mint.auth import Role
 from mint.errors import invalid
 
@@ -77,7 +78,6 @@ class Revision:
     status: str
     source: str
     metrics: dict[str, float]
-    adapter_config: dict[str, Any]
     base_model: str
     created_by: str
     created_at: dt.datetime
@@ -94,6 +94,17 @@ class Revision:
     @property
     def active(self) -> bool:
         return self.status == "active"
+
+    @property
+    def adapter_config(self) -> AdapterConfig:
+        """The PEFT config, rebuilt from the columns that determine what the adapter computes."""
+        return AdapterConfig(
+            r=self.rank,
+            lora_alpha=self.alpha,
+            target_modules=self.target_modules,
+            use_rslora=self.use_rslora,
+            base_model_name_or_path=self.base_model,
+        )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -55,12 +55,11 @@ def _entity(row) -> Revision:
         rank=row.rank,
         alpha=row.alpha,
         use_rslora=row.use_rslora,
-        target_modules=tuple(row.target_modules),
+        target_modules=tuple(row.target_modules.split(",")),
         format=row.format,
         status=row.status,
         source=row.source,
         metrics=dict(row.metrics),
-        adapter_config=row.adapter_config,
         base_model=row.base_name,
         created_by=row.created_by,
         created_at=row.created_at,
@@ -120,12 +119,11 @@ class RevisionStore:
                     rank=new.config.r,
                     alpha=float(new.config.lora_alpha),
                     use_rslora=new.config.use_rslora,
-                    target_modules=list(new.config.target_modules),
+                    target_modules=",".join(new.config.target_modules),
                     format=FORMAT,
                     status="active",
                     source=new.source,
                     metrics=dict(new.metrics),
-                    adapter_config=new.config.to_dict(),
                     created_by=new.actor,
                     created_at=utcnow(),
                 )
@@ -208,16 +206,6 @@ class RevisionStore:
                     raise not_found(f"policy {tenant}/{policy} not found")
         items = [_entity(r) for r in rows[:size]]
         return Page(items=items, next_token=encode_token(key_of(items[-1])) if len(rows) > size else "")
-
-    def tenant_has_blob(self, tenant: str, sha256: str) -> bool:
-        query = (
-            select(revisions.c.id)
-            .join(tenants, tenants.c.id == revisions.c.tenant_id)
-            .where(tenants.c.name == tenant, revisions.c.sha256 == sha256)
-            .limit(1)
-        )
-        with self.db.read() as conn:
-            return conn.execute(query).first() is not None
 
     def retract(self, tenant: str, policy: str, number: int, *, reason: str, actor: str) -> Revision:
         """Mark a revision unservable. `latest` falls back to the newest active revision; other aliases

@@ -1,0 +1,5 @@
+"""MinT's Python SDK."""
+
+from mint.sdk.catalog import CatalogClient
+
+__all__ = ["CatalogClient"]

@@ -1,0 +1,319 @@
+"""The catalog over gRPC on real Postgres: auth, tenancy, publish/resolve/download, concurrency, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import struct
+import threading
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+
+from mint import auth
+from mint.proto import catalog_pb2 as pb
+from mint.proto import catalog_pb2_grpc, common_pb2
+from mint.server import channel
+from services.catalog.config import CatalogConfig
+from services.catalog.main import create_server, open_catalog
+from tests.factories import TINY_LAYERS, TINY_SHAPES, adapter_files, make_adapter
+
+ADMIN_KEY = auth.generate_key().key
+
+
+class Client:
+    """A raw stub plus the key it calls with."""
+
+    def __init__(self, stub: catalog_pb2_grpc.CatalogServiceStub, key: str):
+        self.stub, self.md = stub, auth.call_metadata(key)
+
+    def __getattr__(self, name):
+        method = getattr(self.stub, name)
+        return lambda request, **kw: method(request, metadata=self.md, **kw)
+
+    def publish(self, policy: str, config_json: str, data: bytes, *, chunk: int = 1000, **header) -> pb.Revision:
+        def messages():
+            yield pb.PublishRevisionRequest(header=pb.PublishRevisionHeader(policy=policy, adapter_config_json=config_json, **header))
+            for i in range(0, len(data), chunk):
+                yield pb.PublishRevisionRequest(chunk=data[i : i + chunk])
+
+        return self.stub.PublishRevision(messages(), metadata=self.md)
+
+
+@pytest.fixture
+def service(pg_url, tmp_path):
+    config = CatalogConfig(database_url=pg_url, blob_dir=str(tmp_path / "blobs"), admin_key=ADMIN_KEY, max_rank=64)
+    catalog = open_catalog(config)
+    server, port = create_server(config, catalog)
+    server.start()
+    ch = channel(f"127.0.0.1:{port}")
+    stub = catalog_pb2_grpc.CatalogServiceStub(ch)
+    admin = Client(stub, ADMIN_KEY)
+    admin.CreateTenant(pb.CreateTenantRequest(name="acme"))
+    admin.CreateTenant(pb.CreateTenantRequest(name="globex"))
+    admin.RegisterBaseModel(
+        pb.RegisterBaseModelRequest(
+            name="tiny", architecture="llama", config_json="{}", weights_sha256="ab" * 32, num_layers=TINY_LAYERS,
+            module_shapes={k: pb.ModuleShape(in_features=i, out_features=o) for k, (i, o) in TINY_SHAPES.items()},
+        )
+    )
+    acme = Client(stub, admin.CreateApiKey(pb.CreateApiKeyRequest(tenant="acme", name="ci", role=pb.ROLE_MEMBER)).key)
+    globex = Client(stub, admin.CreateApiKey(pb.CreateApiKeyRequest(tenant="globex", name="ci", role=pb.ROLE_MEMBER)).key)
+    acme.CreatePolicy(pb.CreatePolicyRequest(name="bot", base_model="tiny"))
+    yield {"admin": admin, "acme": acme, "globex": globex, "stub": stub, "channel": ch, "blob_dir": Path(config.blob_dir)}
+    ch.close()
+    server.stop(None)
+    catalog.store.close()
+
+
+def status_of(fn) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as info:
+        fn()
+    return info.value.code()
+
+
+def test_publish_resolve_download_round_trip(service):
+    acme = service["acme"]
+    config_json, data = adapter_files(make_adapter(rank=4))
+    rev = acme.publish("bot", config_json, data, sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data), metrics={"loss": 0.5})
+    assert (rev.policy, rev.number, rev.address, rev.size_bytes) == ("acme/bot", 1, "acme/bot@1", len(data))
+    assert rev.sha256 == hashlib.sha256(data).hexdigest() and rev.status == pb.REVISION_STATUS_ACTIVE
+    resolved = acme.Resolve(pb.ResolveRequest(ref="bot@latest"))
+    assert resolved.adapter.sha256 == rev.sha256 and resolved.adapter.rank == 4 and resolved.adapter.base_model == "tiny"
+    chunks = list(acme.DownloadRevision(pb.DownloadRevisionRequest(ref="acme/bot@1")))
+    assert chunks[0].revision.number == 1
+    assert b"".join(c.chunk for c in chunks[1:]) == data
+    assert json.loads(chunks[0].revision.adapter_config_json)["r"] == 4
+    assert b"".join(c.chunk for c in service["admin"].DownloadBlob(pb.DownloadBlobRequest(sha256=rev.sha256))) == data
+
+
+def test_auth_and_tenancy(service):
+    acme, globex, stub = service["acme"], service["globex"], service["stub"]
+    config_json, data = adapter_files(make_adapter())
+    acme.publish("bot", config_json, data)
+    assert status_of(lambda: stub.Resolve(pb.ResolveRequest(ref="acme/bot"))) == grpc.StatusCode.UNAUTHENTICATED
+    assert status_of(lambda: stub.Resolve(pb.ResolveRequest(ref="acme/bot"), metadata=auth.call_metadata("mint_000000000000_nope"))) == grpc.StatusCode.UNAUTHENTICATED
+    assert status_of(lambda: stub.Resolve(pb.ResolveRequest(ref="acme/bot"), metadata=auth.call_metadata("garbage"))) == grpc.StatusCode.UNAUTHENTICATED
+    # Another tenant's policy is indistinguishable from a missing one.
+    assert status_of(lambda: globex.Resolve(pb.ResolveRequest(ref="acme/bot"))) == grpc.StatusCode.NOT_FOUND
+    assert status_of(lambda: globex.GetPolicy(pb.GetPolicyRequest(name="acme/bot"))) == grpc.StatusCode.NOT_FOUND
+    assert status_of(lambda: globex.publish("acme/bot", config_json, data)) == grpc.StatusCode.NOT_FOUND
+    sha = acme.Resolve(pb.ResolveRequest(ref="bot")).adapter.sha256
+    assert status_of(lambda: list(globex.DownloadBlob(pb.DownloadBlobRequest(sha256=sha)))) == grpc.StatusCode.PERMISSION_DENIED
+    assert [p.full_name for p in globex.ListPolicies(pb.ListPoliciesRequest()).policies] == []
+    # Member keys cannot administer; acting for another tenant needs a privileged key.
+    assert status_of(lambda: acme.CreateTenant(pb.CreateTenantRequest(name="evil"))) == grpc.StatusCode.PERMISSION_DENIED
+    assert status_of(lambda: stub.Resolve(pb.ResolveRequest(ref="bot"), metadata=acme.md + ((auth.TENANT_HEADER, "globex"),))) == grpc.StatusCode.PERMISSION_DENIED
+    admin_as_acme = stub.Resolve(pb.ResolveRequest(ref="bot"), metadata=service["admin"].md + ((auth.TENANT_HEADER, "acme"),))
+    assert admin_as_acme.revision.policy == "acme/bot"
+    who = acme.WhoAmI(pb.WhoAmIRequest())
+    assert (who.tenant, who.role) == ("acme", pb.ROLE_MEMBER)
+
+
+def test_sixty_four_concurrent_publishers_get_revisions_one_to_sixty_four(service):
+    acme = service["acme"]
+    payloads = [adapter_files(make_adapter(seed=i)) for i in range(64)]
+    barrier = threading.Barrier(16)
+    results, errors = [], []
+
+    def worker(items):
+        barrier.wait()
+        for config_json, data in items:
+            try:
+                results.append(acme.publish("bot", config_json, data).number)
+            except grpc.RpcError as err:  # pragma: no cover - reported below
+                errors.append(err)
+
+    threads = [threading.Thread(target=worker, args=(payloads[i::16],)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted(results) == list(range(1, 65))
+    events, token = [], ""
+    while True:
+        page = acme.ListAuditEvents(pb.ListAuditEventsRequest(policy="bot", action="publish", page=common_pb2.PageRequest(page_size=10, page_token=token)))
+        events += [e.revision_number for e in page.events]
+        token = page.next_page_token
+        if not token:
+            break
+    assert sorted(events) == list(range(1, 65))
+    assert acme.GetPolicy(pb.GetPolicyRequest(name="bot")).head_number == 64
+    history = acme.ListAliasHistory(pb.ListAliasHistoryRequest(policy="bot", alias="latest", page=common_pb2.PageRequest(page_size=1000)))
+    assert sorted(m.to_number for m in history.moves) == list(range(1, 65))
+
+
+def _header(tensors: dict[str, tuple[str, list[int], int]]) -> bytes:
+    """Raw safetensors bytes from (dtype, shape, nbytes) entries, zero-filled."""
+    meta, offset = {}, 0
+    for name, (dtype, shape, nbytes) in tensors.items():
+        meta[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    header = json.dumps(meta).encode()
+    return struct.pack("<Q", len(header)) + header + b"\0" * offset
+
+
+def _modified(fn) -> tuple[str, bytes]:
+    adapter = make_adapter(rank=4, modules=("q_proj",))
+    fn(adapter)
+    return adapter_files(adapter)
+
+
+def _good() -> tuple[str, bytes]:
+    return adapter_files(make_adapter(rank=4, modules=("q_proj",)))
+
+
+def _with_tensor(name: str, value: torch.Tensor) -> tuple[str, bytes]:
+    from safetensors.torch import save
+
+    adapter = make_adapter(rank=4, modules=("q_proj",))
+    state = adapter.state_dict()
+    state[name] = value
+    return json.dumps(adapter.config.to_dict()), save(state)
+
+
+def _without(name: str) -> tuple[str, bytes]:
+    from safetensors.torch import save
+
+    adapter = make_adapter(rank=4, modules=("q_proj",))
+    state = adapter.state_dict()
+    del state[name]
+    return json.dumps(adapter.config.to_dict()), save(state)
+
+
+def _config(**changes) -> str:
+    config = json.loads(_good()[0])
+    config.update(changes)
+    return json.dumps({k: v for k, v in config.items() if v is not ...})
+
+
+Q_A = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+BAD_INPUTS = {
+    "empty file": lambda: (_good()[0], b""),
+    "truncated length": lambda: (_good()[0], b"\x10\x00\x00"),
+    "truncated header": lambda: (_good()[0], _good()[1][:40]),
+    "truncated data": lambda: (_good()[0], _good()[1][:-7]),
+    "oversized header claim": lambda: (_good()[0], struct.pack("<Q", 10**12) + b"{}"),
+    "header not json": lambda: (_good()[0], struct.pack("<Q", 4) + b"{abc"),
+    "pickle": lambda: (_good()[0], pickle.dumps({"weights": [1, 2, 3]})),
+    "torch.save zip": lambda: (_good()[0], b"PK\x03\x04" + b"\0" * 100),
+    "offsets overlap": lambda: (_good()[0], _header({Q_A: ("F32", [4, 64], 1024)}).replace(b"[0, 1024]", b"[0, 1000]")),
+    "wrong dtype": lambda: _with_tensor(Q_A, torch.zeros(4, 64, dtype=torch.int32)),
+    "float64": lambda: _with_tensor(Q_A, torch.zeros(4, 64, dtype=torch.float64)),
+    "nan": lambda: _with_tensor(Q_A, torch.full((4, 64), float("nan"))),
+    "inf": lambda: _with_tensor(Q_A, torch.full((4, 64), float("inf"))),
+    "shape mismatch": lambda: _with_tensor(Q_A, torch.zeros(4, 63)),
+    "rank mismatch": lambda: _with_tensor(Q_A, torch.zeros(5, 64)),
+    "unknown module": lambda: _with_tensor("base_model.model.model.layers.0.self_attn.rotary.lora_A.weight", torch.zeros(4, 64)),
+    "untargeted module": lambda: _with_tensor("base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight", torch.zeros(4, 64)),
+    "layer out of range": lambda: _with_tensor("base_model.model.model.layers.9.self_attn.q_proj.lora_A.weight", torch.zeros(4, 64)),
+    "hostile tensor name": lambda: _with_tensor("../../etc/passwd", torch.zeros(1)),
+    "missing lora_B": lambda: _without("base_model.model.model.layers.1.self_attn.q_proj.lora_B.weight"),
+    "config not json": lambda: ("{r: 4", _good()[1]),
+    "config missing r": lambda: (_config(r=...), _good()[1]),
+    "config rank too big": lambda: (_config(r=65), _good()[1]),
+    "config string targets": lambda: (_config(target_modules="all-linear"), _good()[1]),
+    "config dora": lambda: (_config(use_dora=True), _good()[1]),
+    "config modules_to_save": lambda: (_config(modules_to_save=["lm_head"]), _good()[1]),
+    "config bias": lambda: (_config(bias="all"), _good()[1]),
+    "config not lora": lambda: (_config(peft_type="IA3"), _good()[1]),
+    "config negative alpha": lambda: (_config(lora_alpha=-1), _good()[1]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_adapters_are_rejected_and_nothing_is_stored(service, case):
+    acme = service["acme"]
+    config_json, data = BAD_INPUTS[case]()
+    with pytest.raises(grpc.RpcError) as info:
+        acme.publish("bot", config_json, data)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    assert info.value.details()  # a message for the client
+    _assert_nothing_stored(service)
+
+
+@pytest.mark.parametrize(
+    "policy, header, code",
+    [
+        ("../../etc", {}, grpc.StatusCode.INVALID_ARGUMENT),
+        ("Acme/Bot", {}, grpc.StatusCode.INVALID_ARGUMENT),
+        ("bot; DROP TABLE revisions", {}, grpc.StatusCode.INVALID_ARGUMENT),
+        ("a" * 65, {}, grpc.StatusCode.INVALID_ARGUMENT),
+        ("ghost", {}, grpc.StatusCode.NOT_FOUND),
+        ("bot", {"sha256": "0" * 64}, grpc.StatusCode.INVALID_ARGUMENT),
+        ("bot", {"sha256": "not-hex"}, grpc.StatusCode.INVALID_ARGUMENT),
+        ("bot", {"size_bytes": 12}, grpc.StatusCode.INVALID_ARGUMENT),
+        ("bot", {"parent_number": 3}, grpc.StatusCode.INVALID_ARGUMENT),
+        ("bot", {"metrics": {"loss": float("nan")}}, grpc.StatusCode.INVALID_ARGUMENT),
+    ],
+)
+def test_bad_publish_requests(service, policy, header, code):
+    config_json, data = _good()
+    assert status_of(lambda: service["acme"].publish(policy, config_json, data, **header)) == code
+    _assert_nothing_stored(service)
+
+
+def test_stream_must_start_with_a_header(service):
+    acme = service["acme"]
+    messages = iter([pb.PublishRevisionRequest(chunk=b"abc")])
+    assert status_of(lambda: service["stub"].PublishRevision(messages, metadata=acme.md)) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _assert_nothing_stored(service):
+    acme = service["acme"]
+    assert acme.GetPolicy(pb.GetPolicyRequest(name="bot")).head_number == 0
+    assert list(acme.ListRevisions(pb.ListRevisionsRequest()).revisions) == []
+    stored = [p for p in service["blob_dir"].rglob("*") if p.is_file()]
+    assert stored == [], stored
+
+
+def test_aliases_rollback_and_retract_over_grpc(service):
+    acme = service["acme"]
+    for seed in range(3):
+        acme.publish("bot", *adapter_files(make_adapter(seed=seed)))
+    acme.SetAlias(pb.SetAliasRequest(policy="bot", alias="prod", revision_number=2))
+    acme.SetAlias(pb.SetAliasRequest(policy="bot", alias="prod", revision_number=3))
+    assert acme.Rollback(pb.RollbackRequest(policy="bot", alias="prod", reason="bad eval")).revision_number == 2
+    acme.RetractRevision(pb.RetractRevisionRequest(ref="bot@2", reason="leak"))
+    assert status_of(lambda: acme.Resolve(pb.ResolveRequest(ref="bot@prod"))) == grpc.StatusCode.FAILED_PRECONDITION
+    assert status_of(lambda: acme.RetractRevision(pb.RetractRevisionRequest(ref="bot@prod", reason="x"))) == grpc.StatusCode.INVALID_ARGUMENT
+    assert acme.Resolve(pb.ResolveRequest(ref="bot")).revision.number == 3
+    rev = acme.RecordMetrics(pb.RecordMetricsRequest(ref="bot@3", metrics={"eval/accuracy": 0.9}))
+    assert rev.metrics["eval/accuracy"] == pytest.approx(0.9)
+
+
+def test_bulk_path_over_grpc(service):
+    admin, acme = service["admin"], service["acme"]
+    config_json, data = adapter_files(make_adapter(rank=4))
+
+    def chunks():
+        yield pb.BlobChunk(data=data[:500], base_model="tiny", adapter_config_json=config_json)
+        yield pb.BlobChunk(data=data[500:])
+
+    blob = admin.UploadBlob(chunks())
+    assert blob.sha256 == hashlib.sha256(data).hexdigest()
+    records = [pb.RevisionRecord(policy=f"acme/imported-{p}", base_model="tiny", number=n, sha256=blob.sha256, rank=4, alpha=8,
+                                 target_modules=["q_proj"]) for p in range(3) for n in (1, 2)]
+    result = admin.ImportRevisions(iter([pb.ImportRevisionsRequest(records=records[:3]), pb.ImportRevisionsRequest(records=records[3:])]))
+    assert (result.revisions, result.policies_created) == (6, 3)
+    assert acme.Resolve(pb.ResolveRequest(ref="imported-2")).revision.number == 2
+    assert status_of(lambda: acme.ImportRevisions(iter([pb.ImportRevisionsRequest(records=records)]))) == grpc.StatusCode.PERMISSION_DENIED
+    bad = [pb.BlobChunk(data=b"\0" * 16, base_model="tiny", adapter_config_json=config_json)]
+    assert status_of(lambda: admin.UploadBlob(iter(bad))) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_health_and_reflection_need_no_key(service):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    health = health_pb2_grpc.HealthStub(service["channel"])
+    response = health.Check(health_pb2.HealthCheckRequest(service="mint.v1.CatalogService"))
+    assert response.status == health_pb2.HealthCheckResponse.SERVING
+    reflection = reflection_pb2_grpc.ServerReflectionStub(service["channel"])
+    answers = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    names = {s.name for s in next(answers).list_services_response.service}
+    assert "mint.v1.CatalogService" in names
