@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from contextlib import contextmanager
@@ -180,3 +181,42 @@ def run_until_signalled(
 
 def channel(address: str) -> grpc.Channel:
     return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+
+
+class RemoteAuthenticator:
+    """Authenticates keys by asking the catalog (WhoAmI), caching answers for a few seconds; for services
+    that do not own the key table. `roles` limits who may call (e.g. only service keys, for engines)."""
+
+    def __init__(self, catalog: grpc.Channel, *, ttl_s: float = 10.0, roles: frozenset[auth.Role] | None = None):
+        from mint.proto import catalog_pb2_grpc
+
+        self._stub = catalog_pb2_grpc.CatalogServiceStub(catalog)
+        self._ttl = ttl_s
+        self._roles = roles
+        self._cache: dict[str, tuple[float, auth.Principal]] = {}
+        self._lock = threading.Lock()
+
+    def authenticate(self, api_key: str) -> auth.Principal:
+        from mint.proto import catalog_pb2
+
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(api_key)
+        if hit is not None and now - hit[0] < self._ttl:
+            principal = hit[1]
+        else:
+            try:
+                who = self._stub.WhoAmI(catalog_pb2.WhoAmIRequest(), metadata=auth.call_metadata(api_key), timeout=10)
+            except grpc.RpcError as err:
+                if err.code() == grpc.StatusCode.UNAUTHENTICATED:
+                    raise MintError(Code.UNAUTHENTICATED, err.details() or "API key is unknown or revoked") from None
+                raise MintError(Code.UNAVAILABLE, f"cannot check the API key: the catalog answered {err.code().name}") from None
+            role = {catalog_pb2.ROLE_ADMIN: auth.Role.ADMIN, catalog_pb2.ROLE_SERVICE: auth.Role.SERVICE}.get(who.role, auth.Role.MEMBER)
+            principal = auth.Principal(tenant=who.tenant, key_id=who.key_id, role=role)
+            with self._lock:
+                if len(self._cache) > 10_000:
+                    self._cache.clear()
+                self._cache[api_key] = (now, principal)
+        if self._roles is not None and principal.role not in self._roles:
+            raise MintError(Code.PERMISSION_DENIED, f"this service accepts only {sorted(r.value for r in self._roles)} keys")
+        return principal

@@ -1,14 +1,18 @@
 """A normalized, deterministic text dump of the catalog schema on Postgres (tables, columns, constraints,
 indexes, views, triggers), compared by a test with the committed `migrations/schema.sql`.
 
-    python -m services.catalog.schema_dump postgresql+psycopg://postgres@127.0.0.1/scratch > migrations/schema.sql
+    python -m services.catalog.schema_dump > migrations/schema.sql     # migrates a scratch database
+    python -m services.catalog.schema_dump URL                         # dumps an existing database
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import uuid
 
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 _QUERIES = {
     "column": """
@@ -45,5 +49,26 @@ def dump(url: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def dump_fresh(server_url: str) -> str:
+    """Migrate a scratch database on `server_url`'s server, dump it, drop it."""
+    from services.catalog.migrate import upgrade
+
+    name = f"mint_schema_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        upgrade(url)
+        return dump(url)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 if __name__ == "__main__":
-    sys.stdout.write(dump(sys.argv[1]))
+    if len(sys.argv) > 1:
+        sys.stdout.write(dump(sys.argv[1]))
+    else:
+        sys.stdout.write(dump_fresh(os.environ.get("MINT_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")))

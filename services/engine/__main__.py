@@ -1,0 +1,8 @@
+"""python -m services.engine: an engine process, configured from MINT_* environment variables."""
+
+import logging
+
+from services.engine.main import serve
+
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+serve()

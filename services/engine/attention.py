@@ -1,0 +1,88 @@
+"""Attention over the paged KV cache for one engine step (implements mint.models.attention.Attention).
+
+A step's tokens come from many sequences: decodes (one new token, attending to the whole cached context)
+and prefill chunks (several new tokens). Each layer first writes the step's keys and values into their
+cache slots, then attends: all single-token rows at once, as one batched SDPA over their contexts gathered
+from the cache and padded to the longest; each prefill chunk on its own, causally.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+
+from services.engine.kv_cache import KVCache
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SeqSpan:
+    """One sequence's rows in a step: tokens q_start..q_start+q_len-1, after which its cache holds
+    ctx_len tokens (the first ctx_len - q_len were cached by earlier steps)."""
+
+    q_start: int
+    q_len: int
+    ctx_len: int
+    blocks: list[int]
+
+
+class PagedAttention:
+    def __init__(self, cache: KVCache, spans: list[SeqSpan]):
+        self.cache = cache
+        device = cache.k.device
+        slots: list[int] = []
+        for span in spans:
+            slots += cache.slots(span.blocks, span.ctx_len - span.q_len, span.ctx_len)
+        self.slot_mapping = torch.tensor(slots, dtype=torch.long, device=device)
+        singles = [s for s in spans if s.q_len == 1]
+        self.chunks = [s for s in spans if s.q_len > 1]
+        self.single_rows = None
+        if singles:
+            rows = [s.q_start for s in singles]
+            self.all_single = rows == list(range(len(spans))) and not self.chunks
+            self.single_rows = torch.tensor(rows, dtype=torch.long, device=device)
+            longest = max(s.ctx_len for s in singles)
+            index = torch.zeros(len(singles), longest, dtype=torch.long)
+            mask = torch.zeros(len(singles), longest, dtype=torch.bool)
+            for i, s in enumerate(singles):
+                index[i, : s.ctx_len] = torch.tensor(cache.slots(s.blocks, 0, s.ctx_len))
+                mask[i, : s.ctx_len] = True
+            self.single_index = index.to(device)
+            self.single_mask = mask.view(len(singles), 1, 1, longest).to(device)
+        self.chunk_context = {
+            id(s): torch.tensor(cache.slots(s.blocks, 0, s.ctx_len), dtype=torch.long, device=device)
+            for s in self.chunks
+            if s.ctx_len > s.q_len
+        }
+
+    def __call__(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        k_cache, v_cache = self.cache.k[layer_idx], self.cache.v[layer_idx]
+        k_cache.index_copy_(0, self.slot_mapping, k)
+        v_cache.index_copy_(0, self.slot_mapping, v)
+        gqa = q.shape[1] != k.shape[1]
+        out = torch.empty_like(q)
+        if self.single_rows is not None:
+            batch, longest = self.single_index.shape
+            qs = q if self.all_single else q.index_select(0, self.single_rows)
+            keys = k_cache[self.single_index.view(-1)].view(batch, longest, *k.shape[1:]).transpose(1, 2)
+            values = v_cache[self.single_index.view(-1)].view(batch, longest, *v.shape[1:]).transpose(1, 2)
+            attended = F.scaled_dot_product_attention(qs.unsqueeze(2), keys, values, attn_mask=self.single_mask, enable_gqa=gqa)
+            attended = attended.squeeze(2)
+            if self.all_single:
+                return attended
+            out.index_copy_(0, self.single_rows, attended)
+        for span in self.chunks:
+            rows = slice(span.q_start, span.q_start + span.q_len)
+            qs = q[rows].transpose(0, 1)
+            context = self.chunk_context.get(id(span))
+            if context is None:  # the whole context is this chunk: plain causal attention
+                attended = F.scaled_dot_product_attention(qs, k[rows].transpose(0, 1), v[rows].transpose(0, 1), is_causal=True, enable_gqa=gqa)
+            else:
+                offset = span.ctx_len - span.q_len
+                causal = torch.arange(span.ctx_len, device=q.device) <= (torch.arange(span.q_len, device=q.device) + offset).unsqueeze(1)
+                attended = F.scaled_dot_product_attention(
+                    qs, k_cache[context].transpose(0, 1), v_cache[context].transpose(0, 1), attn_mask=causal, enable_gqa=gqa
+                )
+            out[rows] = attended.transpose(0, 1)
+        return out

@@ -1,0 +1,37 @@
+"""Run an engine: `create_server(config)` for tests and embedding, `serve()` for processes."""
+
+from __future__ import annotations
+
+import grpc
+
+from mint.auth import Role
+from mint.proto import engine_pb2, engine_pb2_grpc
+from mint.server import RemoteAuthenticator, Service, build_server, channel, run_until_signalled
+from services.engine.config import EngineConfig
+from services.engine.engine import Engine
+from services.engine.servicer import EngineServicer
+from services.engine.sources import CatalogBlobSource
+
+
+def engine_service(engine: Engine) -> Service:
+    return Service(engine_pb2.DESCRIPTOR.services_by_name["EngineService"], EngineServicer(engine), engine_pb2_grpc.add_EngineServiceServicer_to_server)
+
+
+def open_engine(config: EngineConfig) -> Engine:
+    """An engine that fetches adapters from the catalog at config.catalog_address."""
+    return Engine(config, CatalogBlobSource(channel(config.catalog_address), config.api_key)).start()
+
+
+def create_server(config: EngineConfig, engine: Engine) -> tuple[grpc.Server, int]:
+    """A server for `engine`; callers need service or admin keys, checked with the catalog."""
+    authenticator = None
+    if config.catalog_address:
+        authenticator = RemoteAuthenticator(channel(config.catalog_address), roles=frozenset({Role.SERVICE, Role.ADMIN}))
+    return build_server([engine_service(engine)], address=config.address, authenticator=authenticator, max_workers=config.max_num_seqs + 16)
+
+
+def serve(config: EngineConfig | None = None) -> None:
+    config = config or EngineConfig.from_env()
+    engine = open_engine(config)
+    server, port = create_server(config, engine)
+    run_until_signalled(server, port, "engine", on_stop=engine.stop)

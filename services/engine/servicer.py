@@ -1,0 +1,149 @@
+"""EngineService over gRPC: prompts to token ids, engine calls, events to SampleChunk messages."""
+
+from __future__ import annotations
+
+from mint.errors import invalid
+from mint.proto import common_pb2, engine_pb2, engine_pb2_grpc
+from services.engine.engine import Engine
+from services.engine.sampling import SamplingParams
+from services.engine.sequences import Finish, SampleEvent
+
+FINISH_TO_PB = {
+    None: common_pb2.FINISH_REASON_UNSPECIFIED,
+    Finish.LENGTH: common_pb2.FINISH_REASON_LENGTH,
+    Finish.STOP: common_pb2.FINISH_REASON_STOP,
+    Finish.ABORTED: common_pb2.FINISH_REASON_ABORTED,
+}
+TIER_TO_PB = {
+    "device": engine_pb2.TIER_DEVICE,
+    "host": engine_pb2.TIER_HOST,
+    "disk": engine_pb2.TIER_DISK,
+    "loading": engine_pb2.TIER_LOADING,
+    "none": engine_pb2.TIER_NONE,
+}
+
+
+def prompt_ids(engine: Engine, prompt: common_pb2.Prompt) -> list[int]:
+    kind = prompt.WhichOneof("kind")
+    if kind == "text":
+        return engine.tokenizer.encode(prompt.text)
+    if kind == "tokens":
+        return list(prompt.tokens.ids)
+    if kind == "chat":
+        messages = [{"role": m.role, "content": m.content} for m in prompt.chat.messages]
+        if not messages:
+            raise invalid("a chat prompt needs at least one message")
+        text = engine.tokenizer.apply_chat_template(messages, add_generation_prompt=not prompt.chat.continue_final_message)
+        return engine.tokenizer.encode(text, add_special_tokens=False)
+    raise invalid("the prompt is empty: set text, tokens or chat")
+
+
+def chunk_pb(event: SampleEvent) -> common_pb2.SampleChunk:
+    return common_pb2.SampleChunk(
+        index=event.index,
+        token_ids=event.token_ids,
+        text=event.text,
+        logprobs=event.logprobs,
+        finish_reason=FINISH_TO_PB[event.finish],
+        prompt_tokens=event.prompt_tokens,
+    )
+
+
+class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def Sample(self, request, context):
+        engine = self.engine
+        spec = engine.spec(request.adapter if request.HasField("adapter") else None)
+        params = SamplingParams.from_proto(request.params, max_model_len=engine.max_model_len, vocab_size=engine.model_config.vocab_size)
+        handle = engine.sample(spec, prompt_ids(engine, request.prompt), params, request.request_id)
+        # A client that goes away frees its sequences and KV blocks at the next step.
+        context.add_callback(lambda: engine.cancel(handle))
+        while True:
+            item = handle.events.get()
+            if item is None:
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield chunk_pb(item)
+
+    def ComputeLogprobs(self, request, context):
+        spec = self.engine.spec(request.adapter if request.HasField("adapter") else None)
+        results = self.engine.compute_logprobs(spec, [list(s.ids) for s in request.sequences], timeout_s=context.time_remaining())
+        return engine_pb2.LogprobsResponse(sequences=[engine_pb2.SequenceLogprobs(logprobs=r) for r in results])
+
+    def LoadAdapter(self, request, context):
+        spec = self.engine.spec(request.adapter)
+        if spec is None:
+            raise invalid("LoadAdapter needs an adapter with a sha256")
+        future = self.engine.residency.prefetch(spec, pin=request.pin)
+        if request.wait:
+            future.result(timeout=context.time_remaining())
+        return self._status(spec.sha256, spec.address)
+
+    def EvictAdapter(self, request, context):
+        self.engine.residency.evict(request.sha256)
+        return self._status(request.sha256)
+
+    def PinAdapter(self, request, context):
+        self.engine.residency.pin(request.sha256, request.pinned)
+        return self._status(request.sha256)
+
+    def _status(self, sha256: str, address: str = "") -> engine_pb2.AdapterStatus:
+        residency = self.engine.residency
+        slot = residency.slots.slot_of(sha256) or 0
+        return engine_pb2.AdapterStatus(
+            sha256=sha256,
+            address=address,
+            tier=TIER_TO_PB[residency.tier_of(sha256)],
+            pinned=residency.slots.is_pinned(sha256),
+            slot=slot,
+            bytes=residency.slots.adapter_bytes.get(sha256, 0),
+        )
+
+    def GetStats(self, request, context):
+        return engine_stats(self.engine, include_adapters=request.include_adapters)
+
+    def GetModelInfo(self, request, context):
+        engine = self.engine
+        return engine_pb2.ModelInfo(
+            base_model=engine.base_model,
+            architecture=engine.model_config.architecture,
+            vocab_size=engine.model_config.vocab_size,
+            max_model_len=engine.max_model_len,
+            max_lora_rank=engine.lora.max_rank,
+            eos_token_ids=sorted(engine.eos_ids),
+        )
+
+
+def engine_stats(engine: Engine, *, include_adapters: bool = False) -> engine_pb2.EngineStats:
+    residency = engine.residency
+    snap = residency.snapshot()
+    device_count, device_bytes, occupants = snap["device"]
+    stats = engine_pb2.EngineStats(
+        engine_id=engine.engine_id,
+        base_model=engine.base_model,
+        tiers=[
+            engine_pb2.TierStats(tier=engine_pb2.TIER_DEVICE, adapters=device_count, bytes=device_bytes, budget_bytes=engine.device_budget_bytes),
+            engine_pb2.TierStats(tier=engine_pb2.TIER_HOST, adapters=snap["host"][0], bytes=snap["host"][1], budget_bytes=residency.host.budget_bytes),
+            engine_pb2.TierStats(tier=engine_pb2.TIER_DISK, adapters=snap["disk"][0], bytes=snap["disk"][1], budget_bytes=residency.disk.budget_bytes),
+        ],
+        running=engine.scheduler.num_running_seqs,
+        waiting=engine.queue_depth,
+        loading=snap["loading"],
+        tokens_per_s=engine.tokens_per_s(),
+        tokens_generated=engine.tokens_generated,
+        requests_finished=engine.requests_finished,
+        kv_blocks_total=engine.cache.num_blocks,
+        kv_blocks_free=engine.cache.allocator.num_free,
+        loads_completed=residency.counters.loads_completed,
+        loads_failed=residency.counters.loads_failed,
+    )
+    if include_adapters:
+        stats.adapters.extend(
+            engine_pb2.AdapterStatus(sha256=sha, tier=engine_pb2.TIER_DEVICE, slot=slot, pinned=sha in snap["pinned"])
+            for sha, slot in occupants.items()
+        )
+    return stats
+

@@ -1,0 +1,179 @@
+"""The engine's three adapter tiers, each bounded in bytes with LRU eviction.
+
+- `DiskCache`: adapter_model.safetensors files in a local content-addressed directory, filled from the
+  catalog's blob store; verified by sha256 as they are written.
+- `HostCache`: adapters parsed and packed for slot copies (`PackedAdapter`), in host memory.
+- `SlotPool`: which adapter occupies which device slot; slots in use by running sequences or pinned are
+  never evicted.
+
+These classes only keep books; `Residency` (residency.py) decides what moves where, and is the only
+caller, under its own lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections import OrderedDict
+from collections.abc import Iterable
+from pathlib import Path
+
+from mint.adapters.packing import PackedAdapter
+from mint.errors import Code, MintError
+
+
+class DiskCache:
+    def __init__(self, root: str | os.PathLike, budget_bytes: int):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.budget_bytes = budget_bytes
+        self._files: OrderedDict[str, int] = OrderedDict()  # sha256 -> bytes, least recently used first
+        for path in sorted(self.root.glob("*.safetensors"), key=lambda p: p.stat().st_mtime):
+            self._files[path.stem] = path.stat().st_size
+        self.used_bytes = sum(self._files.values())
+
+    def path(self, sha256: str) -> Path:
+        return self.root / f"{sha256}.safetensors"
+
+    def __contains__(self, sha256: str) -> bool:
+        return sha256 in self._files
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def touch(self, sha256: str) -> None:
+        self._files.move_to_end(sha256)
+
+    def write(self, sha256: str, chunks: Iterable[bytes]) -> Path:
+        """Store a blob, checking its hash; evicts least recently used files to stay within budget."""
+        digest = hashlib.sha256()
+        size = 0
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".incoming-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for chunk in chunks:
+                    digest.update(chunk)
+                    size += len(chunk)
+                    f.write(chunk)
+            if digest.hexdigest() != sha256:
+                raise MintError(Code.DATA_LOSS, f"adapter blob {sha256} arrived with sha256 {digest.hexdigest()}")
+            os.replace(tmp, self.path(sha256))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self._files[sha256] = size
+        self.used_bytes += size
+        self._evict(keep=sha256)
+        return self.path(sha256)
+
+    def _evict(self, keep: str) -> None:
+        while self.used_bytes > self.budget_bytes and len(self._files) > 1:
+            sha, size = next(iter(self._files.items()))
+            if sha == keep:
+                self._files.move_to_end(sha)
+                continue
+            del self._files[sha]
+            self.used_bytes -= size
+            self.path(sha).unlink(missing_ok=True)
+
+
+class HostCache:
+    def __init__(self, budget_bytes: int):
+        self.budget_bytes = budget_bytes
+        self._items: OrderedDict[str, PackedAdapter] = OrderedDict()
+        self.used_bytes = 0
+
+    def __contains__(self, sha256: str) -> bool:
+        return sha256 in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, sha256: str) -> PackedAdapter | None:
+        adapter = self._items.get(sha256)
+        if adapter is not None:
+            self._items.move_to_end(sha256)
+        return adapter
+
+    def put(self, sha256: str, adapter: PackedAdapter) -> None:
+        if sha256 in self._items:
+            return
+        self._items[sha256] = adapter
+        self.used_bytes += adapter.nbytes
+        # The newest item is last, so this never evicts what was just added.
+        while self.used_bytes > self.budget_bytes and len(self._items) > 1:
+            _, evicted = self._items.popitem(last=False)
+            self.used_bytes -= evicted.nbytes
+
+    def discard(self, sha256: str) -> None:
+        adapter = self._items.pop(sha256, None)
+        if adapter is not None:
+            self.used_bytes -= adapter.nbytes
+
+
+class SlotPool:
+    def __init__(self, num_slots: int):
+        self.num_slots = num_slots
+        self._slot_of: dict[str, int] = {}
+        self._owner: list[str | None] = [None] * (num_slots + 1)
+        self._in_use = [0] * (num_slots + 1)
+        self._pinned: set[str] = set()
+        self._lru: OrderedDict[str, None] = OrderedDict()
+        self.adapter_bytes: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._slot_of)
+
+    def slot_of(self, sha256: str) -> int | None:
+        return self._slot_of.get(sha256)
+
+    def occupants(self) -> dict[str, int]:
+        return dict(self._slot_of)
+
+    def acquire(self, sha256: str) -> int:
+        """Mark a resident adapter used by one more running sequence."""
+        slot = self._slot_of[sha256]
+        self._in_use[slot] += 1
+        self._lru.move_to_end(sha256)
+        return slot
+
+    def release(self, slot: int) -> None:
+        self._in_use[slot] -= 1
+
+    def pin(self, sha256: str, pinned: bool) -> None:
+        (self._pinned.add if pinned else self._pinned.discard)(sha256)
+
+    def is_pinned(self, sha256: str) -> bool:
+        return sha256 in self._pinned
+
+    def free_slot(self) -> tuple[int, str | None] | None:
+        """A slot to fill: an empty one, else the least recently used evictable one (and its owner)."""
+        for slot in range(1, self.num_slots + 1):
+            if self._owner[slot] is None:
+                return slot, None
+        for sha in self._lru:
+            slot = self._slot_of[sha]
+            if self._in_use[slot] == 0 and sha not in self._pinned:
+                return slot, sha
+        return None
+
+    def assign(self, slot: int, sha256: str, nbytes: int) -> None:
+        previous = self._owner[slot]
+        if previous is not None:
+            self.remove(previous)
+        self._owner[slot] = sha256
+        self._slot_of[sha256] = slot
+        self._lru[sha256] = None
+        self.adapter_bytes[sha256] = nbytes
+
+    def remove(self, sha256: str) -> int | None:
+        slot = self._slot_of.pop(sha256, None)
+        if slot is not None:
+            if self._in_use[slot]:
+                raise MintError(Code.FAILED_PRECONDITION, f"adapter {sha256[:12]} is in use by running sequences")
+            self._owner[slot] = None
+            self._lru.pop(sha256, None)
+            self.adapter_bytes.pop(sha256, None)
+            self._pinned.discard(sha256)
+        return slot
