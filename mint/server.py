@@ -220,3 +220,9 @@ class RemoteAuthenticator:
         if self._roles is not None and principal.role not in self._roles:
             raise MintError(Code.PERMISSION_DENIED, f"this service accepts only {sorted(r.value for r in self._roles)} keys")
         return principal
+
+
+def time_left(context: grpc.ServicerContext) -> float | None:
+    """Seconds until the call's deadline; None when the client set none (gRPC reports a huge number)."""
+    remaining = context.time_remaining()
+    return None if remaining is None or remaining > 1e7 else max(0.0, remaining)

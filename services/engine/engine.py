@@ -30,7 +30,7 @@ from services.engine.lora import apply_lora
 from services.engine.residency import AdapterSource, AdapterSpec, Residency
 from services.engine.sampling import SamplingParams, make_generator, sample
 from services.engine.scheduler import Scheduler, Step
-from services.engine.sequences import Finish, Request, RequestKind, SampleEvent, check_stop, take_event
+from services.engine.sequences import Request, RequestKind, SampleEvent, check_stop, take_event
 from services.engine.sequences import Sequence as Seq
 from services.engine.tiers import DiskCache, HostCache
 
@@ -191,7 +191,7 @@ class Engine:
         except Exception as err:  # a bug must fail the step's requests, not the engine
             log.exception("engine step failed")
             for request in {id(w.seq.request): w.seq.request for w in step.work}.values():
-                self.scheduler.finish(request, Finish.ABORTED)
+                self.scheduler.finish(request)
                 request.fail(MintError(Code.INTERNAL, f"engine step failed: {err}"))
 
     def _execute(self, step: Step) -> None:

@@ -15,7 +15,7 @@ from collections import deque
 from mint.errors import Code, MintError
 from services.engine.kv_cache import KVCache
 from services.engine.residency import Residency, State
-from services.engine.sequences import Finish, Request, Sequence
+from services.engine.sequences import Request, Sequence
 
 
 @dataclasses.dataclass(slots=True)
@@ -61,7 +61,8 @@ class Scheduler:
             if not request.admitted:  # preempted earlier in this loop
                 continue
             if request.cancelled.is_set():
-                self.finish(request, Finish.ABORTED)
+                self.finish(request)
+                request.abort()
                 continue
             for seq in request.live:
                 count = min(seq.pending, budget)
@@ -88,7 +89,8 @@ class Scheduler:
                 return
             if request.cancelled.is_set():
                 self.waiting.remove(request)
-                self.finish(request, Finish.ABORTED)
+                self.finish(request)
+                request.abort()
                 continue
             if self.num_running_seqs + len(request.live) > self.max_num_seqs:
                 return
@@ -174,11 +176,9 @@ class Scheduler:
     def finish_seq(self, seq: Sequence) -> None:
         self._free_blocks(seq)
 
-    def finish(self, request: Request, reason: Finish | None = None) -> None:
-        """Free everything the request holds; `reason` marks its unfinished sequences."""
+    def finish(self, request: Request) -> None:
+        """Free everything the request holds."""
         for seq in request.seqs:
-            if seq.finish is None and reason is not None:
-                seq.finish = reason
             self._free_blocks(seq)
         self._release(request)
         if request in self.running:

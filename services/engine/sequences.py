@@ -113,6 +113,15 @@ class Request:
     def cancel(self) -> None:
         self.cancelled.set()
 
+    def abort(self) -> None:
+        """End every unfinished sample as ABORTED (the caller went away or gave up)."""
+        for seq in self.seqs:
+            if seq.finish is None:
+                seq.finish = Finish.ABORTED
+                self.events.put(SampleEvent(index=seq.index, token_ids=[], text="", logprobs=[], finish=Finish.ABORTED))
+        self.done = True
+        self.events.put(None)
+
     def fail(self, error: MintError) -> None:
         self.done = True
         self.events.put(error)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mint.errors import invalid
 from mint.proto import common_pb2, engine_pb2, engine_pb2_grpc
+from mint.server import time_left
 from services.engine.engine import Engine
 from services.engine.sampling import SamplingParams
 from services.engine.sequences import Finish, SampleEvent
@@ -70,7 +71,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
 
     def ComputeLogprobs(self, request, context):
         spec = self.engine.spec(request.adapter if request.HasField("adapter") else None)
-        results = self.engine.compute_logprobs(spec, [list(s.ids) for s in request.sequences], timeout_s=context.time_remaining())
+        results = self.engine.compute_logprobs(spec, [list(s.ids) for s in request.sequences], timeout_s=time_left(context))
         return engine_pb2.LogprobsResponse(sequences=[engine_pb2.SequenceLogprobs(logprobs=r) for r in results])
 
     def LoadAdapter(self, request, context):
@@ -79,7 +80,7 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
             raise invalid("LoadAdapter needs an adapter with a sha256")
         future = self.engine.residency.prefetch(spec, pin=request.pin)
         if request.wait:
-            future.result(timeout=context.time_remaining())
+            future.result(timeout=time_left(context))
         return self._status(spec.sha256, spec.address)
 
     def EvictAdapter(self, request, context):

@@ -1,0 +1,46 @@
+"""Tier behaviour: a sweep through far more adapters than the budgets hold stays bounded and answers all."""
+
+from __future__ import annotations
+
+import os
+
+import psutil
+
+from mint.adapters.packing import pack
+from mint.models.loading import read_config
+from services.engine.engine import collect
+from services.engine.sampling import SamplingParams
+from tests.engine.conftest import publish, random_adapter, wait_resident
+
+
+def test_sweeping_2000_adapters_through_budgets_for_64(tiny_base_dir, make_engine, source):
+    config = read_config(tiny_base_dir)
+    adapters = [random_adapter(config, rank=1, seed=i) for i in range(2000)]
+    specs = [publish(source, weights, f"t/sweep-{i}@1") for i, weights in enumerate(adapters)]
+    file_bytes = len(next(iter(source.blobs.values())))
+    packed_bytes = pack(adapters[0], config).nbytes
+    del adapters
+    engine = make_engine(
+        tiny_base_dir, max_lora_rank=1, max_slots=16, host_budget_bytes=64 * packed_bytes, disk_budget_bytes=64 * file_bytes
+    )
+    assert engine.lora.num_slots == 16
+    params = SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True)
+    process = psutil.Process(os.getpid())
+    rss_after_first = 0
+    for start in range(0, len(specs), 100):
+        requests = [engine.sample(spec, [1, 2, 3, 4], params) for spec in specs[start : start + 100]]
+        for request in requests:
+            assert len(collect(request, 120)[0].token_ids) == 2
+        residency = engine.residency
+        assert residency.host.used_bytes <= residency.host.budget_bytes
+        assert residency.disk.used_bytes <= residency.disk.budget_bytes
+        assert len(list(residency.disk.root.glob("*.safetensors"))) <= 64
+        assert len(residency.slots) <= 16
+        if start == 100:
+            rss_after_first = process.memory_info().rss
+    assert engine.residency.counters.loads_completed >= 2000 - 64
+    assert engine.requests_finished == 2000
+    # Bounded tiers mean flat memory: nothing grows with the number of adapters seen.
+    assert process.memory_info().rss < rss_after_first + 64 * 1024**2
+    # An adapter swept out long ago comes back on request.
+    wait_resident(engine, specs[0])
