@@ -1,0 +1,198 @@
+"""Pure-torch LoRA ops: the CPU production path and the oracle the Triton kernels are tested against.
+
+The algorithm is built for a 2-core CPU serving many distinct adapters. Tokens (cheap activations) are
+gathered into slot order; adapter weights are never copied. Each `SegmentRun` of `LoRAMeta` (adjacent
+slots holding the same number of tokens) is one `torch.bmm` over a view of the slot tensor, cut to the
+largest rank in the run. Gathering per-token copies of the weights instead costs a copy of every
+adapter read (measured in kernels/README.md).
+
+Ranks: a slot's weights beyond its rank must be zero (the slot manager zero-fills when it loads a
+lower-rank adapter): a run that mixes ranks computes up to its largest rank, reading those zeros.
+
+Three segment primitives carry every op, forward and backward:
+  shrink:      y[s, t, j]      = scale[slot] * sum_k x[x_row(t), x_col_s + k] * w_s[key(t), j, k]
+  expand:      out[t, col_s+n] += scale[slot] * sum_j y[s, t, j] * w_s[key(t), n, j]
+  weight_grad: g_s[key, j, k]  = scale[slot] * sum_{t in key} u[s, t, j] * v[v_row(t), v_col_s + k]
+with j < rank(slot). The public ops (lora_shrink_ref, ...) check their contract and call them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from kernels.contracts import (
+    dense_expand_views,
+    dense_shrink_views,
+    intermediate_dtype,
+    moe_expand_views,
+    moe_shrink_views,
+)
+from kernels.metadata import LoRAMeta, MoELoRAMeta, SegmentRun
+
+
+def _run_matmul(a: Tensor, b: Tensor, run: SegmentRun) -> Tensor:
+    """a [n*k, p] @ b [n, p, q] per key -> [n*k, q]; one key degrades to a plain mm."""
+    if run.num_keys == 1:
+        return torch.mm(a, b[0])
+    return torch.bmm(a.view(run.num_keys, run.tokens_per_key, a.shape[1]), b).view(-1, b.shape[2])
+
+
+def _runs_with_ranks(meta: LoRAMeta, slot_ranks: Tensor, r_max: int):
+    """(run, rank to compute up to); runs of cleared (rank-0) slots do no work and touch nothing."""
+    for run, rank in zip(meta.runs, meta.run_ranks(slot_ranks), strict=True):
+        rank = min(rank, r_max)
+        if rank > 0:
+            yield run, rank
+
+
+def _row_scale(meta: LoRAMeta, scale: Tensor) -> Tensor:
+    """[T_lora, 1] scale of each sorted token's slot."""
+    return scale.index_select(0, meta.sorted_slots).unsqueeze(1)
+
+
+def segment_shrink_ref(
+    x: Tensor,  # [X, in_total]
+    x_rows: Tensor | None,  # [T_lora] row of x read by each sorted token; None: the token's own row
+    weights: Sequence[Tensor],  # per slice [num_keys, r_max, K_s]
+    x_cols: Sequence[int],  # per slice, first column of x (K_s columns are read)
+    meta: LoRAMeta,
+    slot_ranks: Tensor,  # [num_slots] int
+    scale: Tensor | None,  # [num_slots] fp32, or None for 1
+) -> Tensor:
+    """y[s, t, j] = scale[slot(t)] * x[x_row(t), x_col_s:x_col_s+K_s] @ weights[s][key(t), j]; y: [S, T, r_max]."""
+    r_max = weights[0].shape[1]
+    y = torch.zeros(len(weights), meta.num_tokens, r_max, dtype=intermediate_dtype(x.dtype), device=x.device)
+    if meta.no_lora:
+        return y
+    in_place = x_rows is None and meta.in_slot_order
+    xs = x if in_place else x.index_select(0, meta.sorted_token_ids if x_rows is None else x_rows)
+    row_scale = None if scale is None else _row_scale(meta, scale)
+    for s, (w, col) in enumerate(zip(weights, x_cols, strict=True)):
+        cols = slice(col, col + w.shape[2])
+        for run, rank in _runs_with_ranks(meta, slot_ranks, r_max):
+            rows = slice(run.token_start, run.token_end)
+            keys = slice(run.first_key, run.first_key + run.num_keys)
+            part = _run_matmul(xs[rows, cols], w[keys, :rank].transpose(1, 2), run)
+            if row_scale is not None:
+                part = part * row_scale[rows]
+            if in_place:
+                y[s, rows, :rank] = part
+            else:
+                y[s, :, :rank].index_copy_(0, meta.sorted_token_ids[rows], part.to(y.dtype))
+    return y
+
+
+def segment_expand_ref(
+    y: Tensor,  # [S, T, r_max]
+    weights: Sequence[Tensor],  # per slice [num_keys, N_s, r_max]
+    out: Tensor,  # [T, W], updated in place
+    out_cols: Sequence[int],  # per slice, first column of out (N_s columns are written)
+    meta: LoRAMeta,
+    slot_ranks: Tensor,  # [num_slots] int
+    scale: Tensor | None,  # [num_slots] fp32, or None for 1
+) -> None:
+    """out[t, col_s:col_s+N_s] += scale[slot(t)] * y[s, t, :r] @ weights[s][key(t), :, :r].T"""
+    if meta.no_lora:
+        return
+    ys = y if meta.in_slot_order else y.index_select(1, meta.sorted_token_ids)
+    if scale is not None:
+        ys = ys * _row_scale(meta, scale)
+    ys = ys.to(weights[0].dtype)
+    r_max = ys.shape[2]
+    for s, (w, col) in enumerate(zip(weights, out_cols, strict=True)):
+        cols = slice(col, col + w.shape[1])
+        for run, rank in _runs_with_ranks(meta, slot_ranks, r_max):
+            rows = slice(run.token_start, run.token_end)
+            keys = slice(run.first_key, run.first_key + run.num_keys)
+            part = _run_matmul(ys[s, rows, :rank], w[keys, :, :rank].transpose(1, 2), run)
+            if meta.in_slot_order:
+                out[rows, cols] += part
+            else:
+                out[:, cols].index_add_(0, meta.sorted_token_ids[rows], part.to(out.dtype))
+
+
+def segment_weight_grad_ref(
+    u: Tensor,  # [S, T, r_max], the rank-side operand
+    v: Tensor,  # [V, W], the wide operand
+    v_rows: Tensor | None,  # [T_lora] row of v read by each sorted token; None: the token's own row
+    v_cols: Sequence[int],  # per slice, first column of v (K_s columns are read)
+    grads: Sequence[Tensor],  # per slice [num_keys, r_max, K_s], written where a key is active
+    meta: LoRAMeta,
+    slot_ranks: Tensor,  # [num_slots] int
+    scale: Tensor | None,  # [num_slots] fp32, or None for 1
+) -> None:
+    """grads[s][key, :r] = scale[slot] * u[s, tokens(key), :r].T @ v[v_rows(tokens(key)), v_col_s:v_col_s+K_s]"""
+    if meta.no_lora:
+        return
+    us = u if meta.in_slot_order else u.index_select(1, meta.sorted_token_ids)
+    if scale is not None:
+        us = us * _row_scale(meta, scale)
+    in_place = v_rows is None and meta.in_slot_order
+    vs = v if in_place else v.index_select(0, meta.sorted_token_ids if v_rows is None else v_rows)
+    vs = vs.to(us.dtype)
+    r_max = us.shape[2]
+    for s, (g, col) in enumerate(zip(grads, v_cols, strict=True)):
+        cols = slice(col, col + g.shape[2])
+        for run, rank in _runs_with_ranks(meta, slot_ranks, r_max):
+            rows = slice(run.token_start, run.token_end)
+            n, k = run.num_keys, run.tokens_per_key
+            part = torch.bmm(
+                us[s, rows, :rank].reshape(n, k, rank).transpose(1, 2), vs[rows, cols].reshape(n, k, -1)
+            )
+            g[run.first_key : run.first_key + n, :rank] = part
+
+
+def lora_shrink_ref(
+    x: Tensor,  # [T, in]
+    lora_a: Tensor,  # [num_slices, num_slots, r_max, in]
+    meta: LoRAMeta,
+    slot_ranks: Tensor,  # [num_slots] int
+) -> Tensor:
+    """y[s, t, :r] = x[t] @ lora_a[s, slot[t], :r].T with r = slot_ranks[slot[t]]; y = 0 elsewhere.
+
+    Returns y: [num_slices, T, r_max], fp32 (fp64 for fp64 x).
+    """
+    weights = dense_shrink_views(x, lora_a, meta, slot_ranks)
+    return segment_shrink_ref(x, None, weights, [0] * len(weights), meta, slot_ranks, None)
+
+
+def lora_expand_ref(
+    y: Tensor,  # [num_slices, T, r_max]
+    lora_b: Tensor,  # [num_slots, total_out, r_max]
+    slice_offsets: tuple[int, ...],  # num_slices + 1 ascending column offsets, 0 .. total_out
+    meta: LoRAMeta,
+    slot_ranks: Tensor,  # [num_slots] int
+    scale: Tensor,  # [num_slots] fp32
+    out: Tensor,  # [T, total_out], updated in place
+) -> None:
+    """out[t, o[s]:o[s+1]] += scale[slot[t]] * y[s, t, :r] @ lora_b[slot[t], o[s]:o[s+1], :r].T; slot 0 untouched."""
+    weights = dense_expand_views(y, lora_b, slice_offsets, meta, scale, out)
+    segment_expand_ref(y, weights, out, slice_offsets[:-1], meta, slot_ranks, scale)
+
+
+def lora_shrink_moe_ref(
+    x: Tensor,  # [T, in] (shared by a token's top_k routes) or [T * top_k, in]
+    lora_a: Tensor,  # [num_slices, num_slots, num_experts, r_max, in]
+    meta: MoELoRAMeta,
+    slot_ranks: Tensor,  # [num_slots] int
+) -> Tensor:
+    """y[s, row, :r] = x[src(row)] @ lora_a[s, slot(row), expert(row), :r].T; y: [num_slices, T * top_k, r_max]."""
+    x_rows, weights = moe_shrink_views(x, lora_a, meta, slot_ranks)
+    return segment_shrink_ref(x, x_rows, weights, [0] * len(weights), meta.rows, slot_ranks, None)
+
+
+def lora_expand_moe_ref(
+    y: Tensor,  # [num_slices, T * top_k, r_max]
+    lora_b: Tensor,  # [num_slots, num_experts, total_out, r_max]
+    slice_offsets: tuple[int, ...],  # num_slices + 1 ascending column offsets, 0 .. total_out
+    meta: MoELoRAMeta,
+    slot_ranks: Tensor,  # [num_slots] int
+    scale: Tensor,  # [num_slots] fp32
+    out: Tensor,  # [T * top_k, total_out], updated in place
+) -> None:
+    """out[row, o[s]:o[s+1]] += scale[slot] * y[s, row, :r] @ lora_b[slot(row), expert(row), o[s]:o[s+1], :r].T"""
+    weights = moe_expand_views(y, lora_b, slice_offsets, meta, scale, out)
+    segment_expand_ref(y, weights, out, slice_offsets[:-1], meta.rows, slot_ranks, scale)
