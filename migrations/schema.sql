@@ -106,6 +106,7 @@ column revisions.created_by character varying(64) NOT NULL
 column revisions.created_at timestamp with time zone NOT NULL
 column revisions.retracted_at timestamp with time zone
 column revisions.retracted_reason text
+column revisions.idempotency_key character varying(128)
 column tenants.id bigint NOT NULL DEFAULT nextval('tenants_id_seq'::regclass)
 column tenants.name character varying(64) NOT NULL
 column tenants.created_at timestamp with time zone NOT NULL
@@ -145,6 +146,7 @@ index CREATE UNIQUE INDEX blobs_pkey ON public.blobs USING btree (sha256)
 index CREATE INDEX ix_alias_moves_policy_alias ON public.alias_moves USING btree (policy_id, alias, id)
 index CREATE INDEX ix_audit_events_policy ON public.audit_events USING btree (policy_id, id)
 index CREATE INDEX ix_audit_events_tenant ON public.audit_events USING btree (tenant_id, id)
+index CREATE UNIQUE INDEX ix_revisions_idempotency ON public.revisions USING btree (policy_id, idempotency_key)
 index CREATE INDEX ix_revisions_tenant_id ON public.revisions USING btree (tenant_id, id)
 index CREATE UNIQUE INDEX policies_pkey ON public.policies USING btree (id)
 index CREATE UNIQUE INDEX revisions_pkey ON public.revisions USING btree (id)

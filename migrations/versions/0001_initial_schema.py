@@ -88,11 +88,14 @@ def upgrade() -> None:
         sa.Column("created_at", Timestamp, nullable=False),
         sa.Column("retracted_at", Timestamp, nullable=True),
         sa.Column("retracted_reason", sa.Text, nullable=True),
+        sa.Column("idempotency_key", sa.String(128), nullable=True),
         sa.UniqueConstraint("policy_id", "number", name="uq_revisions_policy_number"),
         sa.CheckConstraint("number >= 1", name="ck_revisions_number"),
         sa.CheckConstraint("status IN ('active', 'retracted')", name="ck_revisions_status"),
     )
     op.create_index("ix_revisions_tenant_id", "revisions", ["tenant_id", "id"])
+    # NULL keys never collide, so only keyed publishes are constrained.
+    op.create_index("ix_revisions_idempotency", "revisions", ["policy_id", "idempotency_key"], unique=True)
     op.create_table(
         "aliases",
         sa.Column("policy_id", Id, sa.ForeignKey("policies.id"), primary_key=True),

@@ -685,6 +685,7 @@ class PublishRevisionHeader(_message.Message):
     METRICS_FIELD_NUMBER: _builtins.int
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     policy: _builtins.str
     """"policy" or "tenant/policy" """
     adapter_config_json: _builtins.str
@@ -696,6 +697,8 @@ class PublishRevisionHeader(_message.Message):
     """of the safetensors bytes that follow"""
     sha256: _builtins.str
     """optional; verified when given"""
+    idempotency_key: _builtins.str
+    """optional; publishing a key again returns the first revision"""
     @_builtins.property
     def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
     def __init__(
@@ -708,10 +711,11 @@ class PublishRevisionHeader(_message.Message):
         metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         size_bytes: _builtins.int = ...,
         sha256: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter_config_json", b"adapter_config_json", "metrics", b"metrics", "parent_number", b"parent_number", "policy", b"policy", "sha256", b"sha256", "size_bytes", b"size_bytes", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter_config_json", b"adapter_config_json", "idempotency_key", b"idempotency_key", "metrics", b"metrics", "parent_number", b"parent_number", "policy", b"policy", "sha256", b"sha256", "size_bytes", b"size_bytes", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

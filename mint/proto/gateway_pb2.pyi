@@ -220,7 +220,6 @@ class EngineInfo(_message.Message):
     DEVICE_BYTES_FIELD_NUMBER: _builtins.int
     HOST_BYTES_FIELD_NUMBER: _builtins.int
     DISK_BYTES_FIELD_NUMBER: _builtins.int
-    ADAPTERS_FIELD_NUMBER: _builtins.int
     LOAD_FIELD_NUMBER: _builtins.int
     engine_id: _builtins.str
     address: _builtins.str
@@ -228,8 +227,8 @@ class EngineInfo(_message.Message):
     device_bytes: _builtins.int
     host_bytes: _builtins.int
     disk_bytes: _builtins.int
-    adapters: _builtins.int
     load: _builtins.float
+    """sequences running or queued"""
     def __init__(
         self,
         *,
@@ -239,12 +238,11 @@ class EngineInfo(_message.Message):
         device_bytes: _builtins.int = ...,
         host_bytes: _builtins.int = ...,
         disk_bytes: _builtins.int = ...,
-        adapters: _builtins.int = ...,
         load: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapters", b"adapters", "address", b"address", "base_model", b"base_model", "device_bytes", b"device_bytes", "disk_bytes", b"disk_bytes", "engine_id", b"engine_id", "host_bytes", b"host_bytes", "load", b"load"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "base_model", b"base_model", "device_bytes", b"device_bytes", "disk_bytes", b"disk_bytes", "engine_id", b"engine_id", "host_bytes", b"host_bytes", "load", b"load"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -106,9 +106,10 @@ class CatalogClient:
         parent_number: int = 0,
         source: str = "",
         metrics: dict[str, float] | None = None,
+        idempotency_key: str = "",
     ) -> pb.Revision:
         """Publish an adapter (in-memory weights, a PEFT directory, or (config json, safetensors bytes))
-        as the policy's next revision."""
+        as the policy's next revision. Retrying with the same idempotency_key returns the first one."""
         if isinstance(adapter, AdapterWeights):
             config_json, data = adapter.config.to_json(), adapter.to_safetensors()
         elif isinstance(adapter, tuple):
@@ -124,6 +125,7 @@ class CatalogClient:
             metrics=metrics or {},
             size_bytes=len(data),
             sha256=hashlib.sha256(data).hexdigest(),
+            idempotency_key=idempotency_key,
         )
 
         def messages() -> Iterator[pb.PublishRevisionRequest]:

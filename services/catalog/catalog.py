@@ -10,11 +10,12 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from mint import auth
 from mint.adapters import AdapterConfig, BaseShapes, Limits, validate_adapter
+from mint.bus import EVERY_POLICY
 from mint.errors import Code, MintError, invalid, not_found
 from mint.names import PolicyName, RevisionRef
 from services.catalog.blobs import BlobStore, StagedBlob, check_sha256, receive
@@ -64,6 +65,13 @@ class Catalog:
         self.store = store
         self.blobs = blobs
         self.limits = limits
+        # Called with a policy's full name after anything that can change what its refs resolve to
+        # (publish moves latest; alias moves; retraction): resolve caches listen here.
+        self.policy_listeners: list[Callable[[str], None]] = []
+
+    def _changed(self, policy: str) -> None:
+        for listener in self.policy_listeners:
+            listener(policy)
 
     # --- identity and administration -------------------------------------------------------------
 
@@ -123,6 +131,7 @@ class Catalog:
         metrics: dict[str, float] | None = None,
         size_bytes: int = 0,
         sha256: str = "",
+        idempotency_key: str = "",
     ) -> Revision:
         """Receive, hash and validate an adapter, store its blob, and record it as the next revision."""
         principal = auth.current_principal()
@@ -143,7 +152,7 @@ class Catalog:
             staged.discard()
             raise invalid(f"upload has {staged.size} bytes but the header declared {size_bytes}")
         self.blobs.put(staged)
-        return self.store.revisions.publish(
+        revision = self.store.revisions.publish(
             NewRevision(
                 tenant=policy.tenant,
                 policy=policy.name,
@@ -154,8 +163,11 @@ class Catalog:
                 parent_number=parent_number or None,
                 source=source or "upload",
                 metrics=metrics,
+                idempotency_key=idempotency_key or None,
             )
         )
+        self._changed(revision.full_policy)
+        return revision
 
     def _receive_validated(self, chunks: Iterable[bytes], base: BaseModel, config: AdapterConfig, sha256: str) -> StagedBlob:
         staged = receive(chunks, self.blobs.staging_dir(), max_bytes=self.limits.max_bytes, expected_sha256=sha256)
@@ -194,7 +206,9 @@ class Catalog:
         parsed = self._ref(ref)
         if parsed.number is None:
             raise invalid(f"retract needs a revision number (e.g. {parsed.policy}@3), got {ref!r}")
-        return self.store.revisions.retract(parsed.policy.tenant, parsed.policy.name, parsed.number, reason=reason, actor=principal.actor)
+        revision = self.store.revisions.retract(parsed.policy.tenant, parsed.policy.name, parsed.number, reason=reason, actor=principal.actor)
+        self._changed(revision.full_policy)
+        return revision
 
     def record_metrics(self, ref: str, metrics: dict[str, float]) -> Revision:
         principal = auth.current_principal()
@@ -205,12 +219,16 @@ class Catalog:
     def set_alias(self, policy: str, alias: str, number: int, reason: str = "") -> Alias:
         principal = auth.current_principal()
         name = self._policy(policy)
-        return self.store.aliases.set_alias(name.tenant, name.name, alias, number, actor=principal.actor, reason=reason)
+        moved = self.store.aliases.set_alias(name.tenant, name.name, alias, number, actor=principal.actor, reason=reason)
+        self._changed(moved.policy)
+        return moved
 
     def rollback(self, policy: str, alias: str, to_number: int = 0, reason: str = "") -> Alias:
         principal = auth.current_principal()
         name = self._policy(policy)
-        return self.store.aliases.rollback(name.tenant, name.name, alias, to_number, actor=principal.actor, reason=reason)
+        moved = self.store.aliases.rollback(name.tenant, name.name, alias, to_number, actor=principal.actor, reason=reason)
+        self._changed(moved.policy)
+        return moved
 
     def list_aliases(self, policy: str) -> list[Alias]:
         name = self._policy(policy)
@@ -241,7 +259,9 @@ class Catalog:
 
     def import_revisions(self, batches: Iterable[Iterable[ImportRecord]]) -> ImportResult:
         principal = auth.require_admin()
-        return self.store.bulk.import_records(batches, actor=principal.actor)
+        result = self.store.bulk.import_records(batches, actor=principal.actor)
+        self._changed(EVERY_POLICY)
+        return result
 
     # --- names -----------------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ class CatalogConfig:
     address: str = "127.0.0.1:0"
     admin_key: str = ""          # ensured to exist at start (bootstraps a deployment)
     admin_tenant: str = "admin"
+    redis_url: str = ""          # where policy-change notices go, for gateways' resolve caches
     max_rank: int = 256
     max_adapter_bytes: int = 2 * 1024**3
     max_workers: int = 64
@@ -33,6 +34,7 @@ class CatalogConfig:
             "address": "MINT_CATALOG_ADDRESS",
             "admin_key": "MINT_ADMIN_KEY",
             "admin_tenant": "MINT_ADMIN_TENANT",
+            "redis_url": "MINT_REDIS_URL",
         }
         values = {field: env[var] for field, var in names.items() if var in env}
         values.setdefault("address", "0.0.0.0:50051")

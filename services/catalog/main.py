@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 from mint.auth import Role
+from mint.bus import RedisPolicyBus
 from mint.proto import catalog_pb2, catalog_pb2_grpc
 from mint.server import Service, build_server, run_until_signalled
 from services.catalog.blobs import LocalBlobStore
@@ -18,7 +19,10 @@ def open_catalog(config: CatalogConfig) -> Catalog:
     store = CatalogStore.open(config.database_url, migrate=config.migrate)
     if config.admin_key:
         store.tenants.ensure_key(config.admin_key, tenant=config.admin_tenant, role=Role.ADMIN, name="bootstrap-admin")
-    return Catalog(store, LocalBlobStore(config.blob_dir), config.limits)
+    catalog = Catalog(store, LocalBlobStore(config.blob_dir), config.limits)
+    if config.redis_url:
+        catalog.policy_listeners.append(RedisPolicyBus(config.redis_url).publish)
+    return catalog
 
 
 def catalog_service(catalog: Catalog) -> Service:

@@ -91,6 +91,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             metrics=dict(header.metrics),
             size_bytes=header.size_bytes,
             sha256=header.sha256,
+            idempotency_key=header.idempotency_key,
         )
         return convert.revision_pb(revision)
 

@@ -9,8 +9,10 @@ from mint.proto import engine_pb2, engine_pb2_grpc
 from mint.server import RemoteAuthenticator, Service, build_server, channel, run_until_signalled
 from services.engine.config import EngineConfig
 from services.engine.engine import Engine
+from services.engine.fleet import FleetAgent
 from services.engine.servicer import EngineServicer
 from services.engine.sources import CatalogBlobSource
+from services.scheduler import open_scheduler
 
 
 def engine_service(engine: Engine) -> Service:
@@ -34,4 +36,16 @@ def serve(config: EngineConfig | None = None) -> None:
     config = config or EngineConfig.from_env()
     engine = open_engine(config)
     server, port = create_server(config, engine)
-    run_until_signalled(server, port, "engine", on_stop=engine.stop)
+    agent = None
+    if config.redis_url:
+        scheduler = open_scheduler(config.redis_url, heartbeat_s=config.heartbeat_s)
+        agent = FleetAgent(engine, scheduler, config.advertise_address or f"127.0.0.1:{port}")
+
+    def on_stop() -> None:
+        if agent is not None:
+            agent.stop()
+        engine.stop()
+
+    if agent is not None:
+        agent.start()  # requests routed here before the server starts are retried elsewhere
+    run_until_signalled(server, port, "engine", on_stop=on_stop)

@@ -212,6 +212,11 @@ class Residency:
             self.host.discard(sha256)
             self._wanted.pop(sha256, None)
 
+    def resident(self) -> frozenset[str]:
+        """Adapters this engine can serve without fetching: in a slot or in host memory."""
+        with self._lock:
+            return frozenset(self.slots.occupants()) | self.host.keys()
+
     def tier_of(self, sha256: str) -> str:
         with self._lock:
             if self.slots.slot_of(sha256) is not None:

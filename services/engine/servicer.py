@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from mint.errors import invalid
 from mint.proto import common_pb2, engine_pb2, engine_pb2_grpc
 from mint.server import time_left
 from services.engine.engine import Engine
 from services.engine.sampling import SamplingParams
-from services.engine.sequences import Finish, SampleEvent
+from services.engine.sequences import Finish, Request, SampleEvent
 
 FINISH_TO_PB = {
     None: common_pb2.FINISH_REASON_UNSPECIFIED,
@@ -50,29 +52,58 @@ def chunk_pb(event: SampleEvent) -> common_pb2.SampleChunk:
     )
 
 
+def start_sample(engine: Engine, request: engine_pb2.EngineSampleRequest) -> Request:
+    spec = engine.spec(request.adapter if request.HasField("adapter") else None)
+    params = SamplingParams.from_proto(request.params, max_model_len=engine.max_model_len, vocab_size=engine.model_config.vocab_size)
+    return engine.sample(spec, prompt_ids(engine, request.prompt), params, request.request_id)
+
+
+def stream_chunks(handle: Request) -> Iterator[common_pb2.SampleChunk]:
+    """The request's events as SampleChunk messages. Events that are already waiting are merged per sample,
+    so a busy engine sends one message per sample per wake-up rather than one per token."""
+    while True:
+        batch = [handle.events.get()]
+        while not handle.events.empty():
+            batch.append(handle.events.get_nowait())
+        merged: dict[int, SampleEvent] = {}
+        end = False
+        for item in batch:
+            if item is None:
+                end = True
+                continue
+            if isinstance(item, Exception):
+                raise item
+            into = merged.get(item.index)
+            if into is None:
+                merged[item.index] = item
+            else:
+                into.token_ids += item.token_ids
+                into.text += item.text
+                into.logprobs += item.logprobs
+                into.finish = item.finish or into.finish
+        yield from (chunk_pb(event) for event in merged.values())
+        if end:
+            return
+
+
+def compute_logprobs(engine: Engine, request: engine_pb2.EngineLogprobsRequest, timeout_s: float | None) -> engine_pb2.LogprobsResponse:
+    spec = engine.spec(request.adapter if request.HasField("adapter") else None)
+    results = engine.compute_logprobs(spec, [list(s.ids) for s in request.sequences], timeout_s=timeout_s)
+    return engine_pb2.LogprobsResponse(sequences=[engine_pb2.SequenceLogprobs(logprobs=r) for r in results])
+
+
 class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     def __init__(self, engine: Engine):
         self.engine = engine
 
     def Sample(self, request, context):
-        engine = self.engine
-        spec = engine.spec(request.adapter if request.HasField("adapter") else None)
-        params = SamplingParams.from_proto(request.params, max_model_len=engine.max_model_len, vocab_size=engine.model_config.vocab_size)
-        handle = engine.sample(spec, prompt_ids(engine, request.prompt), params, request.request_id)
+        handle = start_sample(self.engine, request)
         # A client that goes away frees its sequences and KV blocks at the next step.
-        context.add_callback(lambda: engine.cancel(handle))
-        while True:
-            item = handle.events.get()
-            if item is None:
-                return
-            if isinstance(item, Exception):
-                raise item
-            yield chunk_pb(item)
+        context.add_callback(lambda: self.engine.cancel(handle))
+        yield from stream_chunks(handle)
 
     def ComputeLogprobs(self, request, context):
-        spec = self.engine.spec(request.adapter if request.HasField("adapter") else None)
-        results = self.engine.compute_logprobs(spec, [list(s.ids) for s in request.sequences], timeout_s=time_left(context))
-        return engine_pb2.LogprobsResponse(sequences=[engine_pb2.SequenceLogprobs(logprobs=r) for r in results])
+        return compute_logprobs(self.engine, request, time_left(context))
 
     def LoadAdapter(self, request, context):
         spec = self.engine.spec(request.adapter)

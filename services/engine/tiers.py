@@ -90,6 +90,9 @@ class HostCache:
     def __len__(self) -> int:
         return len(self._items)
 
+    def keys(self) -> frozenset[str]:
+        return frozenset(self._items)
+
     def get(self, sha256: str) -> PackedAdapter | None:
         adapter = self._items.get(sha256)
         if adapter is not None:

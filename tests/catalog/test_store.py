@@ -273,3 +273,12 @@ def test_bulk_import_rejects_unknown_blobs(store):
     record = ImportRecord(policy="acme/x", number=1, sha256=sha(5), rank=4, alpha=8, target_modules=("q_proj",), base_model="tiny")
     with pytest.raises(MintError, match="was not uploaded"):
         store.bulk.import_records([[record]], actor=ACTOR)
+
+
+def test_publishing_an_idempotency_key_twice_returns_the_first_revision(store):
+    store.policies.create("acme", "bot", base_model="tiny", actor=ACTOR)
+    first = publish(store, i=1, idempotency_key="step-10")
+    again = publish(store, i=2, idempotency_key="step-10")
+    other = publish(store, i=3, idempotency_key="step-20")
+    assert (first.number, again.number, again.sha256, other.number) == (1, 1, sha(1), 2)
+    assert store.policies.get("acme", "bot").head_number == 2

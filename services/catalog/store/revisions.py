@@ -78,6 +78,7 @@ class NewRevision:
     parent_number: int | None = None
     source: str = "upload"
     metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    idempotency_key: str | None = None
 
 
 def insert_blob(conn: Connection, dialect: str, sha256: str, size_bytes: int) -> None:
@@ -97,8 +98,18 @@ class RevisionStore:
         duplicates, and a rolled-back publish gives its number back."""
         if len(new.source) > 256:
             raise invalid("source is limited to 256 characters")
+        if new.idempotency_key is not None and not 1 <= len(new.idempotency_key) <= 128:
+            raise invalid("idempotency_key must have 1-128 characters")
         with self.db.write() as conn:
             policy_id, tenant_id, head = lock_policy(conn, new.tenant, new.policy)
+            if new.idempotency_key is not None:
+                done = conn.execute(
+                    select(revisions.c.number).where(
+                        and_(revisions.c.policy_id == policy_id, revisions.c.idempotency_key == new.idempotency_key)
+                    )
+                ).scalar()
+                if done is not None:  # published before (a retry): the first revision stands
+                    return _entity(conn.execute(_BY_NUMBER, {"tenant": new.tenant, "policy": new.policy, "number": done}).one())
             number = head + 1
             if new.parent_number is not None:
                 parent = conn.execute(
@@ -126,6 +137,7 @@ class RevisionStore:
                     metrics=dict(new.metrics),
                     created_by=new.actor,
                     created_at=utcnow(),
+                    idempotency_key=new.idempotency_key,
                 )
             )
             move_alias(conn, policy_id=policy_id, alias=LATEST, to_number=number, action="publish", actor=new.actor)

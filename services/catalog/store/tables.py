@@ -111,10 +111,12 @@ revisions = Table(
     Column("created_at", Timestamp, nullable=False),
     Column("retracted_at", Timestamp, nullable=True),
     Column("retracted_reason", Text, nullable=True),
+    Column("idempotency_key", String(128), nullable=True),
     UniqueConstraint("policy_id", "number", name="uq_revisions_policy_number"),
     CheckConstraint("number >= 1", name="ck_revisions_number"),
     CheckConstraint("status IN ('active', 'retracted')", name="ck_revisions_status"),
     Index("ix_revisions_tenant_id", "tenant_id", "id"),
+    Index("ix_revisions_idempotency", "policy_id", "idempotency_key", unique=True),
 )
 
 aliases = Table(

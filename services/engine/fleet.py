@@ -1,0 +1,96 @@
+"""An engine's life in a fleet: registration, heartbeats with load, the resident set, the load queue.
+
+One background thread keeps the engine known to the scheduler (registering again whenever a heartbeat
+finds it unknown, as after a Redis restart), reports which adapters it holds when that changes, and
+takes loads queued for it (waves, re-placements), acking each when its background load finishes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from mint.errors import MintError
+from mint.proto.common_pb2 import AdapterRef
+from services.engine.engine import Engine
+from services.scheduler.base import EngineInfo, EngineLoad, LoadItem, Scheduler
+
+log = logging.getLogger(__name__)
+
+
+class FleetAgent:
+    def __init__(self, engine: Engine, scheduler: Scheduler, address: str):
+        self.engine = engine
+        self.scheduler = scheduler
+        residency = engine.residency
+        self.info = EngineInfo(
+            engine_id=engine.engine_id,
+            address=address,
+            base_model=engine.base_model,
+            device_bytes=engine.device_budget_bytes,
+            host_bytes=residency.host.budget_bytes,
+            disk_bytes=residency.disk.budget_bytes,
+        )
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> FleetAgent:
+        self._thread = threading.Thread(target=self._run, name=f"{self.info.engine_id}-fleet", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        try:
+            self.scheduler.deregister(self.info.engine_id)
+        except MintError as err:
+            log.warning("could not deregister %s: %s", self.info.engine_id, err)
+
+    def _run(self) -> None:
+        reported: frozenset[str] | None = None
+        registered = False
+        next_beat = 0.0
+        while not self._stop.is_set():
+            try:
+                now = time.monotonic()
+                if not registered:
+                    self.scheduler.register(self.info)
+                    registered, reported = True, None
+                if now >= next_beat:
+                    engine = self.engine
+                    load = EngineLoad(running=engine.scheduler.num_running_seqs, waiting=engine.queue_depth, tokens_per_s=engine.tokens_per_s())
+                    if not self.scheduler.heartbeat(self.info.engine_id, load):
+                        registered = False
+                        continue
+                    next_beat = now + self.scheduler.heartbeat_s
+                resident = self.engine.residency.resident()
+                if resident != reported:
+                    self.scheduler.set_resident(self.info.engine_id, resident)
+                    reported = resident
+                block = max(0.01, min(0.25, next_beat - time.monotonic()))
+                for entry_id, item in self.scheduler.next_loads(self.info.engine_id, 16, block):
+                    self._load(entry_id, item)
+            except MintError as err:  # the scheduler is unreachable: keep trying, serving meanwhile
+                log.warning("fleet: %s", err)
+                registered = False
+                self._stop.wait(self.scheduler.heartbeat_s)
+
+    def _load(self, entry_id: str, item: LoadItem) -> None:
+        try:
+            spec = self.engine.spec(AdapterRef.FromString(item.adapter))
+            future = self.engine.residency.prefetch(spec, to_device=False)
+        except MintError as err:
+            self.scheduler.ack_load(self.info.engine_id, entry_id, item, error=err.message)
+            return
+
+        def done(f) -> None:
+            error = f.exception()
+            try:
+                self.scheduler.ack_load(self.info.engine_id, entry_id, item, error=str(error) if error else None)
+            except MintError as err:
+                log.warning("fleet: could not ack load of %s: %s", item.sha256[:12], err)
+
+        future.add_done_callback(done)

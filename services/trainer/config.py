@@ -1,0 +1,45 @@
+"""Trainer configuration. The environment is read once, by `from_env`, at the entry point."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+
+
+@dataclasses.dataclass(kw_only=True, slots=True)
+class TrainerConfig:
+    model_path: str
+    base_model: str = ""            # the catalog's name for the base; default: the directory's name
+    device: str = "cpu"
+    dtype: str = "float32"
+    max_rank: int = 128
+    state_dir: str = ".mint/trainer-state"
+    batch_window_s: float = 0.02    # how long a pass waits for calls from other sessions
+    max_tokens_per_pass: int = 4096  # bounds activation and logit memory per pass
+    address: str = "127.0.0.1:0"
+    catalog_address: str = ""       # where revisions are published
+    api_key: str = ""               # a service key: publishes for the session's tenant
+    max_workers: int = 64
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.dtype]
+
+    @classmethod
+    def from_env(cls, **overrides) -> TrainerConfig:
+        env = os.environ
+        names = {
+            "model_path": ("MINT_MODEL_PATH", str),
+            "base_model": ("MINT_BASE_MODEL", str),
+            "device": ("MINT_DEVICE", str),
+            "dtype": ("MINT_DTYPE", str),
+            "state_dir": ("MINT_TRAINER_STATE_DIR", str),
+            "max_tokens_per_pass": ("MINT_MAX_TOKENS_PER_PASS", int),
+            "address": ("MINT_TRAINER_ADDRESS", str),
+            "catalog_address": ("MINT_CATALOG_URL", str),
+            "api_key": ("MINT_SERVICE_KEY", str),
+        }
+        values = {field: kind(env[var]) for field, (var, kind) in names.items() if var in env}
+        return cls(**{**values, **overrides})

@@ -1,0 +1,34 @@
+"""Run a trainer: `create_server(config, trainer)` for tests and embedding, `serve()` for processes."""
+
+from __future__ import annotations
+
+import grpc
+
+from mint.proto import trainer_pb2, trainer_pb2_grpc
+from mint.server import RemoteAuthenticator, Service, build_server, channel, run_until_signalled
+from services.trainer.config import TrainerConfig
+from services.trainer.publish import CatalogPublisher
+from services.trainer.servicer import TrainerServicer
+from services.trainer.trainer import Trainer
+
+
+def trainer_service(servicer: TrainerServicer) -> Service:
+    return Service(trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"], servicer, trainer_pb2_grpc.add_TrainerServiceServicer_to_server)
+
+
+def open_trainer(config: TrainerConfig) -> tuple[Trainer, TrainerServicer]:
+    publisher = CatalogPublisher(channel(config.catalog_address), config.api_key) if config.catalog_address else None
+    trainer = Trainer(config, publisher)
+    return trainer, TrainerServicer(trainer, publisher.ensure_policy if publisher else None)
+
+
+def create_server(config: TrainerConfig, servicer: TrainerServicer) -> tuple[grpc.Server, int]:
+    authenticator = RemoteAuthenticator(channel(config.catalog_address)) if config.catalog_address else None
+    return build_server([trainer_service(servicer)], address=config.address, authenticator=authenticator, max_workers=config.max_workers)
+
+
+def serve(config: TrainerConfig | None = None) -> None:
+    config = config or TrainerConfig.from_env()
+    trainer, servicer = open_trainer(config)
+    server, port = create_server(config, servicer)
+    run_until_signalled(server, port, "trainer", on_stop=trainer.close)

@@ -1,0 +1,56 @@
+"""Publishing a session's adapter to the catalog: the adapter-only handoff (no merged checkpoint exists).
+
+The trainer publishes with a service key acting for the session's tenant. The checkpoint name is the
+idempotency key, so a publish retried after a crash returns the revision already made.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from mint.adapters import AdapterWeights
+from mint.errors import Code, MintError
+from mint.proto import catalog_pb2, common_pb2
+from mint.sdk.catalog import CatalogClient
+from services.trainer.session import Session
+from services.trainer.trainer import Published
+
+
+def adapter_ref(revision: catalog_pb2.Revision) -> common_pb2.AdapterRef:
+    return common_pb2.AdapterRef(
+        revision_id=revision.id,
+        address=revision.address,
+        sha256=revision.sha256,
+        size_bytes=revision.size_bytes,
+        rank=revision.rank,
+        alpha=revision.alpha,
+        use_rslora=revision.use_rslora,
+        target_modules=list(revision.target_modules),
+        base_model=revision.base_model,
+    )
+
+
+class CatalogPublisher:
+    def __init__(self, channel: grpc.Channel, service_key: str):
+        self._channel = channel
+        self._key = service_key
+
+    def _client(self, tenant: str) -> CatalogClient:
+        return CatalogClient(self._channel, self._key, tenant=tenant)
+
+    def ensure_policy(self, tenant: str, policy: str, base_model: str) -> None:
+        try:
+            self._client(tenant).create_policy(f"{tenant}/{policy}", base_model)
+        except MintError as err:
+            if err.code is not Code.ALREADY_EXISTS:
+                raise
+
+    def publish(self, session: Session, weights: AdapterWeights, name: str, metrics: dict[str, float]) -> Published:
+        revision = self._client(session.tenant).publish(
+            session.full_policy,
+            weights,
+            source=f"trainer:{session.session_id}/{name}"[:256],
+            metrics=metrics,
+            idempotency_key=name,
+        )
+        return Published(address=f"mint://{revision.address}", number=revision.number, adapter=adapter_ref(revision))

@@ -1,0 +1,123 @@
+"""TrainerService over gRPC: Tinker-shaped messages in, `Trainer` calls, messages out."""
+
+from __future__ import annotations
+
+from mint import auth
+from mint.errors import invalid
+from mint.names import PolicyName
+from mint.proto import common_pb2, trainer_pb2, trainer_pb2_grpc
+from services.trainer.losses import Datum
+from services.trainer.session import AdamParams, Session
+from services.trainer.trainer import PassResult, Trainer
+
+_FLOAT_INPUTS = ("weights", "logprobs", "advantages")
+
+
+def datum_from_pb(message: trainer_pb2.Datum) -> Datum:
+    inputs = message.loss_fn_inputs
+    unknown = set(inputs) - {"target_tokens", *_FLOAT_INPUTS}
+    if unknown:
+        raise invalid(f"unknown loss_fn_inputs {sorted(unknown)}; expected target_tokens, weights, logprobs, advantages")
+    if "target_tokens" not in inputs:
+        raise invalid("every datum needs loss_fn_inputs['target_tokens']")
+    return Datum(
+        tokens=list(message.tokens),
+        target_tokens=list(inputs["target_tokens"].int_data),
+        **{key: list(inputs[key].float_data) if key in inputs else None for key in _FLOAT_INPUTS},
+    )
+
+
+def result_pb(result: PassResult) -> trainer_pb2.ForwardBackwardResponse:
+    return trainer_pb2.ForwardBackwardResponse(
+        loss_fn_outputs=[
+            trainer_pb2.LossFnOutput(outputs={"logprobs": common_pb2.TensorData(float_data=lp, shape=[len(lp)])}) for lp in result.logprobs
+        ],
+        metrics=result.metrics,
+    )
+
+
+def session_pb(session: Session) -> trainer_pb2.TrainingSession:
+    return trainer_pb2.TrainingSession(
+        session_id=session.session_id,
+        policy=session.full_policy,
+        base_model=session.base_model,
+        rank=session.config.r,
+        alpha=session.config.lora_alpha,
+        target_modules=list(session.config.target_modules),
+        step=session.step,
+        last_published_number=session.last_published,
+        closed=session.closed,
+    )
+
+
+def policy_for(name: str) -> tuple[str, str]:
+    """(tenant, policy) for a caller: members only within their own tenant."""
+    parsed = PolicyName.parse(name)
+    principal = auth.current_principal()
+    tenant = parsed.tenant or principal.tenant
+    if tenant != principal.tenant and not principal.privileged:
+        raise invalid(f"a {principal.role.value} key of tenant {principal.tenant} cannot train policies of {tenant}")
+    return tenant, parsed.name
+
+
+class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
+    def __init__(self, trainer: Trainer, ensure_policy=None):
+        """`ensure_policy(tenant, policy, base_model)` creates the policy in the catalog when it is missing."""
+        self.trainer = trainer
+        self.ensure_policy = ensure_policy
+
+    def _session(self, session_id: str) -> Session:
+        principal = auth.current_principal()
+        return self.trainer.session(session_id, None if principal.privileged else principal.tenant)
+
+    def CreateSession(self, request, context):
+        tenant, policy = policy_for(request.policy)
+        if self.ensure_policy is not None:
+            self.ensure_policy(tenant, policy, self.trainer.base_model)
+        session = self.trainer.create_session(
+            tenant=tenant, policy=policy, rank=request.rank or 16, alpha=request.alpha, train_attn=request.train_attn,
+            train_mlp=request.train_mlp, seed=request.seed, use_rslora=request.use_rslora, base_model=request.base_model,
+        )
+        return session_pb(session)
+
+    def GetSession(self, request, context):
+        return session_pb(self._session(request.session_id))
+
+    def CloseSession(self, request, context):
+        session = self._session(request.session_id)
+        self.trainer.close_session(session)
+        return session_pb(session)
+
+    def ForwardBackward(self, request, context):
+        session = self._session(request.session_id)
+        data = [datum_from_pb(d) for d in request.data]
+        return result_pb(self.trainer.forward_backward(session, data, request.loss_fn or "cross_entropy", dict(request.loss_fn_config)))
+
+    def Forward(self, request, context):
+        session = self._session(request.session_id)
+        data = [datum_from_pb(d) for d in request.data]
+        return result_pb(self.trainer.forward(session, data, request.loss_fn or "cross_entropy", dict(request.loss_fn_config)))
+
+    def OptimStep(self, request, context):
+        session = self._session(request.session_id)
+        p = request.adam_params
+        params = AdamParams(
+            learning_rate=p.learning_rate or 1e-4, beta1=p.beta1 or 0.9, beta2=p.beta2 or 0.95, eps=p.eps or 1e-8,
+            weight_decay=p.weight_decay, grad_clip_norm=p.grad_clip_norm,
+        )
+        metrics = self.trainer.optim_step(session, params)
+        return trainer_pb2.OptimStepResponse(step=session.step, metrics=metrics)
+
+    def SaveWeightsForSampler(self, request, context):
+        session = self._session(request.session_id)
+        published = self.trainer.save_weights_for_sampler(session, request.name, dict(request.metrics))
+        return trainer_pb2.SaveWeightsForSamplerResponse(address=published.address, revision_number=published.number, adapter=published.adapter)
+
+    def SaveState(self, request, context):
+        session = self._session(request.session_id)
+        return trainer_pb2.SaveStateResponse(path=self.trainer.save_state(session, request.name or f"step-{session.step}"))
+
+    def LoadState(self, request, context):
+        session = self._session(request.session_id)
+        self.trainer.load_state(session, request.path, request.with_optimizer)
+        return session_pb(session)

@@ -1,0 +1,307 @@
+"""The trainer: one frozen base, many sessions, and passes that batch sessions together.
+
+forward_backward (and forward) calls are queued; a worker takes every call that arrives within a short
+window and runs them as one base forward/backward over all their sequences packed back to back, each token
+carrying its session's slot. The loss of the pass is the sum of the calls' losses, so each session's
+gradient is exactly what its own call alone would give. A per-pass token budget splits large batches, which
+keeps peak memory flat however many sessions join.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from mint.adapters import AdapterConfig, AdapterWeights
+from mint.errors import Code, MintError, invalid, not_found
+from mint.models.attention import VarlenAttention
+from mint.models.loading import load_model
+from mint.names import check_name
+from services.trainer.config import TrainerConfig
+from services.trainer.lora import LoRAPass, TrainableLoRA
+from services.trainer.losses import Datum, check_loss, datum_loss
+from services.trainer.session import AdamParams, Session, target_modules
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Published:
+    address: str  # mint://tenant/policy@N
+    number: int
+    adapter: object  # mint.v1.AdapterRef
+
+
+class Publisher(Protocol):
+    """Publishes a session's adapter as the policy's next revision (idempotent per name)."""
+
+    def publish(self, session: Session, weights: AdapterWeights, name: str, metrics: dict[str, float]) -> Published: ...
+
+
+@dataclasses.dataclass(slots=True)
+class PassResult:
+    logprobs: list[list[float]]
+    metrics: dict[str, float]
+
+
+@dataclasses.dataclass(slots=True)
+class _Call:
+    session: Session
+    data: list[Datum]
+    loss_fn: str
+    loss_config: dict[str, float]
+    backward: bool
+    future: Future = dataclasses.field(default_factory=Future)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(d.tokens) for d in self.data)
+
+
+class Trainer:
+    def __init__(self, config: TrainerConfig, publisher: Publisher | None = None):
+        self.config = config
+        self.device = torch.device(config.device)
+        model = load_model(config.model_path, dtype=config.torch_dtype, device=self.device)
+        self.model = model
+        self.model_config = model.config
+        self.base_model = config.base_model or Path(config.model_path).name
+        self.lora = TrainableLoRA(model)
+        self.publisher = publisher
+        self.sessions: dict[str, Session] = {}
+        self._queue: list[_Call] = []
+        self._cond = threading.Condition()
+        self._stop = False
+        self.passes = 0
+        self._worker = threading.Thread(target=self._loop, name="trainer-passes", daemon=True)
+        self._worker.start()
+
+    def close(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._worker.join(timeout=30)
+
+    # --- sessions ------------------------------------------------------------------------------------------
+
+    def create_session(
+        self, *, tenant: str, policy: str, rank: int, alpha: float = 0.0, train_attn: bool = True, train_mlp: bool = True,
+        seed: int = 0, use_rslora: bool = False, base_model: str = "",
+    ) -> Session:
+        check_name("policy", policy)
+        if base_model and base_model != self.base_model:
+            raise invalid(f"this trainer holds base {self.base_model!r}, not {base_model!r}")
+        if not 1 <= rank <= self.config.max_rank:
+            raise invalid(f"rank must be in 1..{self.config.max_rank}, got {rank}")
+        config = AdapterConfig(
+            r=rank, lora_alpha=alpha or float(rank), target_modules=target_modules(train_attn, train_mlp),
+            use_rslora=use_rslora, base_model_name_or_path=self.base_model,
+        )
+        session = Session(
+            tenant=tenant, policy=policy, base_model=self.base_model, config=config, model_config=self.model_config,
+            seed=seed, device=self.device, dtype=self.config.torch_dtype,
+        )
+        self.sessions[session.session_id] = session
+        return session
+
+    def session(self, session_id: str, tenant: str | None = None) -> Session:
+        session = self.sessions.get(session_id)
+        if session is None or session.closed or (tenant is not None and session.tenant != tenant):
+            raise not_found(f"training session {session_id!r} not found (or closed)")
+        return session
+
+    def close_session(self, session: Session) -> None:
+        session.closed = True
+        self.sessions.pop(session.session_id, None)
+
+    # --- primitives ------------------------------------------------------------------------------------------
+
+    def forward_backward(self, session: Session, data: list[Datum], loss_fn: str, loss_config: dict[str, float] | None = None) -> PassResult:
+        return self._submit(session, data, loss_fn, loss_config or {}, backward=True)
+
+    def forward(self, session: Session, data: list[Datum], loss_fn: str = "cross_entropy", loss_config: dict[str, float] | None = None) -> PassResult:
+        return self._submit(session, data, loss_fn, loss_config or {}, backward=False)
+
+    def optim_step(self, session: Session, params: AdamParams) -> dict[str, float]:
+        with session.lock:
+            return session.optim_step(params)
+
+    def save_weights_for_sampler(self, session: Session, name: str = "", metrics: dict[str, float] | None = None) -> Published:
+        if self.publisher is None:
+            raise MintError(Code.FAILED_PRECONDITION, "this trainer has no catalog to publish to")
+        with session.lock:
+            weights = session.adapter_weights()
+        published = self.publisher.publish(session, weights, name or f"step-{session.step}", metrics or {})
+        session.last_published = published.number
+        return published
+
+    def save_state(self, session: Session, name: str) -> str:
+        check_name("state", name)
+        path = Path(self.config.state_dir) / session.tenant / session.policy / f"{name}.safetensors"
+        with session.lock:
+            session.save_state(path)
+        return str(path)
+
+    def load_state(self, session: Session, path: str, with_optimizer: bool) -> None:
+        resolved = Path(path).resolve()
+        root = (Path(self.config.state_dir) / session.tenant).resolve()
+        if root not in resolved.parents:
+            raise invalid(f"state path {path!r} is not one of tenant {session.tenant}'s saved states")
+        with session.lock:
+            session.load_state(resolved, with_optimizer=with_optimizer)
+
+    # --- batched passes --------------------------------------------------------------------------------------
+
+    def _submit(self, session: Session, data: list[Datum], loss_fn: str, loss_config: dict[str, float], *, backward: bool) -> PassResult:
+        check_loss(loss_fn, loss_config)
+        if not data:
+            raise invalid("forward_backward needs at least one datum")
+        for datum in data:
+            datum.check(loss_fn, self.model_config.vocab_size)
+            if len(datum.tokens) > self.config.max_tokens_per_pass:
+                raise invalid(f"a datum of {len(datum.tokens)} tokens exceeds the per-pass budget of {self.config.max_tokens_per_pass}")
+        call = _Call(session, data, loss_fn, loss_config, backward)
+        with self._cond:
+            self._queue.append(call)
+            self._cond.notify_all()
+        return call.future.result()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stop:
+                    self._cond.wait()
+                if self._stop:
+                    return
+                # Calls from several sessions arrive together: collect them for one window.
+                deadline = time.monotonic() + self.config.batch_window_s
+                while (remaining := deadline - time.monotonic()) > 0 and not self._stop:
+                    self._cond.wait(remaining)
+                calls, self._queue = self._queue, []
+            for backward in (True, False):
+                group = [c for c in calls if c.backward is backward]
+                for chunk in self._chunks(group):
+                    self._run(chunk, backward=backward)
+
+    def _chunks(self, calls: list[_Call]) -> list[list[_Call]]:
+        """Split calls into passes under the token budget (a big call is split by datum)."""
+        budget = self.config.max_tokens_per_pass
+        passes: list[list[_Call]] = []
+        current: list[_Call] = []
+        used = 0
+        for call in calls:
+            pieces = [call] if call.num_tokens <= budget else self._split(call, budget)
+            for piece in pieces:
+                if used + piece.num_tokens > budget and current:
+                    passes.append(current)
+                    current, used = [], 0
+                current.append(piece)
+                used += piece.num_tokens
+        if current:
+            passes.append(current)
+        return passes
+
+    def _split(self, call: _Call, budget: int) -> list[_Call]:
+        """A call too big for one pass becomes parts whose results are merged back into the call's future."""
+        parts: list[_Call] = []
+        data: list[Datum] = []
+        for datum in call.data:
+            if data and sum(len(d.tokens) for d in data) + len(datum.tokens) > budget:
+                parts.append(_Call(call.session, data, call.loss_fn, call.loss_config, call.backward))
+                data = []
+            data.append(datum)
+        parts.append(_Call(call.session, data, call.loss_fn, call.loss_config, call.backward))
+        _merge_into(call, parts)
+        return parts
+
+    def _run(self, calls: list[_Call], *, backward: bool) -> None:
+        try:
+            results = self._pass(calls, backward=backward)
+        except Exception as err:
+            log.exception("training pass failed")
+            error = err if isinstance(err, MintError) else MintError(Code.INTERNAL, f"training pass failed: {err}")
+            for call in calls:
+                call.future.set_exception(error)
+            return
+        for call, result in zip(calls, results, strict=True):
+            call.future.set_result(result)
+
+    def _pass(self, calls: list[_Call], *, backward: bool) -> list[PassResult]:
+        sessions: list[Session] = []
+        slot_of: dict[str, int] = {}
+        tokens: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        targets: list[int] = []
+        lengths: list[int] = []
+        for call in calls:
+            slot = slot_of.get(call.session.session_id)
+            if slot is None:
+                sessions.append(call.session)
+                slot = slot_of[call.session.session_id] = len(sessions)
+            for datum in call.data:
+                tokens += datum.tokens
+                targets += datum.target_tokens
+                positions += range(len(datum.tokens))
+                slots += [slot] * len(datum.tokens)
+                lengths.append(len(datum.tokens))
+        device = self.device
+        # A session's optimizer step must not interleave with a pass that writes its gradients.
+        locks = [s.lock for s in sorted(sessions, key=lambda s: s.session_id)]
+        for lock in locks:
+            lock.acquire()
+        self.lora.current = LoRAPass(sessions, torch.tensor(slots, device=device))
+        try:
+            with torch.set_grad_enabled(backward):
+                hidden = self.model(torch.tensor(tokens, device=device), torch.tensor(positions, device=device), VarlenAttention(lengths))
+                logp = -F.cross_entropy(self.model.logits(hidden), torch.tensor(targets, device=device), reduction="none")
+                results, losses = [], []
+                offset = 0
+                for call in calls:
+                    call_losses, call_logprobs = [], []
+                    for datum in call.data:
+                        piece = logp[offset : offset + len(datum.tokens)]
+                        offset += len(datum.tokens)
+                        call_losses.append(datum_loss(call.loss_fn, call.loss_config, piece, datum))
+                        call_logprobs.append(piece.detach().tolist())
+                    loss = torch.stack(call_losses).sum()
+                    losses.append(loss)
+                    results.append(PassResult(call_logprobs, {"loss": float(loss.detach()), "tokens": float(call.num_tokens)}))
+                if backward:
+                    torch.stack(losses).sum().backward()
+        finally:
+            self.lora.current = None
+            for lock in locks:
+                lock.release()
+        self.passes += 1
+        return results
+
+
+def _merge_into(call: _Call, parts: list[_Call]) -> None:
+    """Complete `call` once all of its parts have run."""
+
+    def done(_future: Future) -> None:
+        if not all(p.future.done() for p in parts) or call.future.done():
+            return
+        errors = [p.future.exception() for p in parts if p.future.exception() is not None]
+        if errors:
+            call.future.set_exception(errors[0])
+            return
+        results = [p.future.result() for p in parts]
+        call.future.set_result(
+            PassResult(
+                [lp for r in results for lp in r.logprobs],
+                {"loss": sum(r.metrics["loss"] for r in results), "tokens": sum(r.metrics["tokens"] for r in results)},
+            )
+        )
+
+    for part in parts:
+        part.future.add_done_callback(done)
