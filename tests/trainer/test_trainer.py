@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -25,6 +25,13 @@ def sft_data(seed: int, n: int = 3, length: int = 12) -> list[Datum]:
 
 def grads(session) -> dict[str, torch.Tensor]:
     return {name: p.grad.clone() for name, p in session.named_parameters().items()}
+
+
+def together(trainer, sessions, data, loss_fn, config) -> list:
+    """forward_backward for every session from its own thread, all at once (as concurrent clients do)."""
+    with ThreadPoolExecutor(len(sessions)) as pool:
+        futures = [pool.submit(trainer.forward_backward, s, d, loss_fn, config) for s, d in zip(sessions, data, strict=True)]
+        return [f.result() for f in futures]
 
 
 def test_batched_sessions_equal_sequential_calls(make_trainer):
@@ -50,15 +57,7 @@ def test_batched_sessions_equal_sequential_calls(make_trainer):
             sequential.append((result, grads(session)))
             session.optimizer.zero_grad(set_to_none=True)
         passes = trainer.passes
-        results = [None] * 3
-        threads = [
-            threading.Thread(target=lambda i=i: results.__setitem__(i, trainer.forward_backward(sessions[i], data[i], loss_fn, config)))
-            for i in range(3)
-        ]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        results = together(trainer, sessions, data, loss_fn, config)
         assert trainer.passes == passes + 1, "the three calls should have run as one pass"
         for session, result, (alone, alone_grads) in zip(sessions, results, sequential, strict=True):
             assert result.metrics["loss"] == pytest.approx(alone.metrics["loss"], abs=1e-4)
