@@ -85,6 +85,11 @@ class TrainerServiceStub:
                 request_serializer=mint_dot_v1_dot_trainer__pb2.RunRecipeRequest.SerializeToString,
                 response_deserializer=mint_dot_v1_dot_trainer__pb2.RecipeProgress.FromString,
                 _registered_method=True)
+        self.GetTokenizer = channel.unary_unary(
+                '/mint.v1.TrainerService/GetTokenizer',
+                request_serializer=mint_dot_v1_dot_trainer__pb2.GetTokenizerRequest.SerializeToString,
+                response_deserializer=mint_dot_v1_dot_trainer__pb2.TokenizerFiles.FromString,
+                _registered_method=True)
 
 
 class TrainerServiceServicer:
@@ -151,6 +156,13 @@ class TrainerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTokenizer(self, request, context):
+        """The base model's tokenizer files, so clients tokenize exactly as the trainer and engines do.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -203,6 +215,11 @@ def add_TrainerServiceServicer_to_server(servicer, server):
                     servicer.RunRecipe,
                     request_deserializer=mint_dot_v1_dot_trainer__pb2.RunRecipeRequest.FromString,
                     response_serializer=mint_dot_v1_dot_trainer__pb2.RecipeProgress.SerializeToString,
+            ),
+            'GetTokenizer': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTokenizer,
+                    request_deserializer=mint_dot_v1_dot_trainer__pb2.GetTokenizerRequest.FromString,
+                    response_serializer=mint_dot_v1_dot_trainer__pb2.TokenizerFiles.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -475,6 +492,33 @@ class TrainerService:
             '/mint.v1.TrainerService/RunRecipe',
             mint_dot_v1_dot_trainer__pb2.RunRecipeRequest.SerializeToString,
             mint_dot_v1_dot_trainer__pb2.RecipeProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTokenizer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mint.v1.TrainerService/GetTokenizer',
+            mint_dot_v1_dot_trainer__pb2.GetTokenizerRequest.SerializeToString,
+            mint_dot_v1_dot_trainer__pb2.TokenizerFiles.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,8 @@ class TrainerServiceStub:
     LoadState: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.LoadStateRequest, _trainer_pb2.TrainingSession]
     RunRecipe: _grpc.UnaryStreamMultiCallable[_trainer_pb2.RunRecipeRequest, _trainer_pb2.RecipeProgress]
     """A recipe (SFT, GRPO) run as a job over the same primitives, streaming per-step progress."""
+    GetTokenizer: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.GetTokenizerRequest, _trainer_pb2.TokenizerFiles]
+    """The base model's tokenizer files, so clients tokenize exactly as the trainer and engines do."""
 
 @_typing.type_check_only
 class TrainerServiceAsyncStub(TrainerServiceStub):
@@ -60,6 +62,8 @@ class TrainerServiceAsyncStub(TrainerServiceStub):
     LoadState: _aio.UnaryUnaryMultiCallable[_trainer_pb2.LoadStateRequest, _trainer_pb2.TrainingSession]  # type: ignore[assignment]
     RunRecipe: _aio.UnaryStreamMultiCallable[_trainer_pb2.RunRecipeRequest, _trainer_pb2.RecipeProgress]  # type: ignore[assignment]
     """A recipe (SFT, GRPO) run as a job over the same primitives, streaming per-step progress."""
+    GetTokenizer: _aio.UnaryUnaryMultiCallable[_trainer_pb2.GetTokenizerRequest, _trainer_pb2.TokenizerFiles]  # type: ignore[assignment]
+    """The base model's tokenizer files, so clients tokenize exactly as the trainer and engines do."""
 
 class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -132,5 +136,13 @@ class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_trainer_pb2.RecipeProgress], _abc.AsyncIterator[_trainer_pb2.RecipeProgress]]:
         """A recipe (SFT, GRPO) run as a job over the same primitives, streaming per-step progress."""
+
+    @_abc_1.abstractmethod
+    def GetTokenizer(
+        self,
+        request: _trainer_pb2.GetTokenizerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_trainer_pb2.TokenizerFiles, _abc.Awaitable[_trainer_pb2.TokenizerFiles]]:
+        """The base model's tokenizer files, so clients tokenize exactly as the trainer and engines do."""
 
 def add_TrainerServiceServicer_to_server(servicer: TrainerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -117,6 +117,10 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         session = self._session(request.session_id)
         return trainer_pb2.SaveStateResponse(path=self.trainer.save_state(session, request.name or f"step-{session.step}"))
 
+    def GetTokenizer(self, request, context):
+        auth.current_principal()
+        return trainer_pb2.TokenizerFiles(base_model=self.trainer.base_model, files=self.trainer.tokenizer_files())
+
     def LoadState(self, request, context):
         session = self._session(request.session_id)
         self.trainer.load_state(session, request.path, request.with_optimizer)

@@ -90,6 +90,12 @@ class Trainer:
             self._cond.notify_all()
         self._worker.join(timeout=30)
 
+    def tokenizer_files(self) -> dict[str, str]:
+        """The text files a client needs to rebuild the base's tokenizer (Tokenizer.from_dir)."""
+        root = Path(self.config.model_path)
+        names = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json", "config.json")
+        return {name: (root / name).read_text() for name in names if (root / name).is_file()}
+
     # --- sessions ------------------------------------------------------------------------------------------
 
     def create_session(

@@ -1,0 +1,127 @@
+"""The `mint` command.
+
+    mint demo                                   the end-to-end tour on the embedded default
+    mint serve [--model DIR]                    everything in one process, on one port
+    mint serve catalog|gateway|engine|trainer   one service, configured from MINT_* variables
+    mint base init --arch llama --preset tiny DIR
+    mint base import FILE.gguf DIR
+    mint train sft|grpo ...                     recipes against a server (--address) or an embedded one
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mint", description="Train and serve many LoRA policies over resident base models.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="the end-to-end tour on the embedded default")
+    demo.add_argument("--data-dir", default=".mint/demo")
+    demo.add_argument("--tiny", action="store_true", help="use a tiny random base instead of SmolLM2-135M-Instruct")
+    demo.add_argument("--steps", type=int, default=0, help="SFT steps per policy (default: by base size)")
+
+    serve = commands.add_parser("serve", help="run MinT (embedded) or one of its services")
+    serve.add_argument("service", nargs="?", choices=["catalog", "gateway", "engine", "trainer"])
+    serve.add_argument("--model", help="base model directory (embedded)")
+    serve.add_argument("--data-dir", default=".mint")
+    serve.add_argument("--address", default="127.0.0.1:50050")
+
+    base = commands.add_parser("base", help="make base models")
+    base_commands = base.add_subparsers(dest="base_command", required=True)
+    init = base_commands.add_parser("init", help="a random base in Hugging Face format")
+    init.add_argument("--arch", default="llama", choices=["llama", "mistral", "qwen2", "qwen3"])
+    init.add_argument("--preset", default="tiny", choices=["tiny", "smollm2-shape"])
+    init.add_argument("--seed", type=int, default=0)
+    init.add_argument("dir")
+    imp = base_commands.add_parser("import", help="a GGUF file as a Hugging Face directory")
+    imp.add_argument("gguf")
+    imp.add_argument("dir")
+
+    train = commands.add_parser("train", help="run a training recipe")
+    recipes = train.add_subparsers(dest="recipe", required=True)
+    for name in ("sft", "grpo"):
+        recipe = recipes.add_parser(name)
+        recipe.add_argument("--policy", required=True, help="policy name (tenant/name or name)")
+        recipe.add_argument("--address", help="a MinT server (default: $MINT_ADDRESS, else an embedded one on --model)")
+        recipe.add_argument("--api-key", help="default: $MINT_API_KEY")
+        recipe.add_argument("--model", help="base model directory, for an embedded server")
+        recipe.add_argument("--data-dir", default=".mint")
+        recipe.add_argument("--base-model", default="", help="catalog name of the base (default: the server's)")
+        recipe.add_argument("--rank", type=int, default=16)
+        recipe.add_argument("--steps", type=int, default=50)
+        recipe.add_argument("--lr", type=float, default=1e-3)
+        recipe.add_argument("--seed", type=int, default=0)
+    sft = recipes.choices["sft"]
+    sft.add_argument("--task", default="", help="a built-in task (pirate, shout, terse, echo)")
+    sft.add_argument("--data", default="", help="JSONL of {prompt, completion} or {messages}")
+    sft.add_argument("--batch-size", type=int, default=4)
+    sft.add_argument("--publish-every", type=int, default=0)
+    grpo = recipes.choices["grpo"]
+    grpo.add_argument("--task", default="lowercase", help="a built-in RL task (lowercase, arithmetic)")
+    grpo.add_argument("--reward", default="", help="a registered reward function (default: the task's)")
+    grpo.add_argument("--prompts", type=int, default=4)
+    grpo.add_argument("--group-size", type=int, default=4)
+    grpo.add_argument("--max-tokens", type=int, default=32)
+    grpo.add_argument("--temperature", type=float, default=1.0)
+    grpo.add_argument("--kl", type=float, default=0.0)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "demo":
+        from mint.demo import run_demo
+
+        return run_demo(data_dir=args.data_dir, tiny=args.tiny, steps=args.steps)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "base":
+        return _base(args)
+    from mint.train_cli import run_train
+
+    return run_train(args)
+
+
+def _serve(args) -> int:
+    logging.getLogger().setLevel(logging.INFO)
+    if args.service:
+        import importlib
+
+        importlib.import_module(f"services.{args.service}.main").serve()
+        return 0
+    if not args.model:
+        print("mint serve needs --model DIR (a Hugging Face base directory; see `mint base init|import`)", file=sys.stderr)
+        return 2
+    from mint.server import READY_LINE
+    from services.embedded import EmbeddedConfig, EmbeddedStack
+
+    stack = EmbeddedStack(EmbeddedConfig(model_path=args.model, data_dir=args.data_dir, address=args.address)).start()
+    print(READY_LINE.format(name="embedded", port=stack.port), flush=True)
+    print(f"admin key (also in {args.data_dir}/admin.key): {stack.admin_key}", flush=True)
+    try:
+        stack.server.wait_for_termination()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stack.stop()
+    return 0
+
+
+def _base(args) -> int:
+    if args.base_command == "init":
+        from mint.models.presets import init_base
+
+        config = init_base(args.dir, arch=args.arch, preset=args.preset, seed=args.seed)
+        print(f"wrote a random {args.arch} base ({args.preset}, {config.num_parameters():,} parameters) to {args.dir}")
+        return 0
+    from mint.models.gguf_import import import_gguf
+
+    config = import_gguf(args.gguf, args.dir)
+    print(f"imported {args.gguf} ({config.architecture}, {config.num_parameters():,} parameters) to {args.dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

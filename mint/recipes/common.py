@@ -1,0 +1,21 @@
+"""What the recipes share: turning prompts into tokens the way the base model expects."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from mint.models.tokenizer import Tokenizer
+
+
+def prompt_tokens(tokenizer: Tokenizer, prompt: str | Sequence[dict[str, str]]) -> list[int]:
+    """Chat-templated when the tokenizer has a template (a text prompt is one user message), else plain."""
+    if tokenizer.chat_template:
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        return tokenizer.encode(tokenizer.apply_chat_template(messages, add_generation_prompt=True), add_special_tokens=False)
+    return tokenizer.encode(prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt))
+
+
+def completion_tokens(tokenizer: Tokenizer, completion: str) -> list[int]:
+    """The completion as the model should produce it, ending with its end-of-turn token."""
+    tokens = tokenizer.encode(completion, add_special_tokens=False)
+    return tokens + list(tokenizer.eos_token_ids[:1])

@@ -1,0 +1,92 @@
+"""Supervised fine-tuning: cross-entropy on completion tokens only, read top to bottom like nanoGPT's loop.
+
+    for step in range(steps):
+        batch = next examples (cycling, shuffled each epoch)
+        forward_backward(batch, "cross_entropy") with weights 1 on completion tokens, normalized per batch
+        optim_step(lr(step))          # linear warmup then cosine decay: a pure function of the step
+        every publish_every steps: save_weights_for_sampler
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+
+from mint.models.tokenizer import Tokenizer
+from mint.recipes.common import completion_tokens, prompt_tokens
+from mint.recipes.tasks import Example
+from mint.sdk import AdamParams, Datum, TrainingClient, next_token_datum
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SFTConfig:
+    steps: int = 100
+    batch_size: int = 4
+    learning_rate: float = 1e-3
+    warmup_steps: int = 5
+    publish_every: int = 0  # 0: publish once, at the end
+    seed: int = 0
+
+
+@dataclasses.dataclass(slots=True)
+class StepReport:
+    step: int
+    metrics: dict[str, float]
+    published: str = ""
+
+
+def learning_rate(step: int, config: SFTConfig) -> float:
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def sft_data(tokenizer: Tokenizer, examples: Sequence[Example]) -> list[Datum]:
+    data = []
+    for example in examples:
+        datum = next_token_datum(prompt_tokens(tokenizer, example.prompt), completion_tokens(tokenizer, example.completion))
+        data.append(datum)
+    return data
+
+
+def run_sft(
+    client: TrainingClient,
+    tokenizer: Tokenizer,
+    examples: Sequence[Example],
+    config: SFTConfig,
+    on_step: Callable[[StepReport], None] = lambda report: None,
+    start_step: int = 0,
+) -> list[StepReport]:
+    """Train from `start_step` (after load_state, the step it saved at) to config.steps."""
+    data = sft_data(tokenizer, examples)
+    rng = random.Random(config.seed)
+    order: list[int] = []
+    reports = []
+    for step in range(start_step, config.steps):
+        started = time.perf_counter()
+        picked = []
+        while len(picked) < min(config.batch_size, len(data)):
+            if not order:
+                order = list(range(len(data)))
+                rng.shuffle(order)
+            picked.append(data[order.pop()])
+        # The trainer sums token losses; weights of 1/n make the loss the mean over completion tokens.
+        n = sum(sum(d.loss_fn_inputs["weights"]) for d in picked)
+        batch = [Datum(d.tokens, {**d.loss_fn_inputs, "weights": [w / n for w in d.loss_fn_inputs["weights"]]}) for d in picked]
+        output = client.forward_backward(batch, "cross_entropy")
+        client.optim_step(AdamParams(learning_rate=learning_rate(step, config)))
+        tokens = sum(len(d.tokens) for d in batch)
+        report = StepReport(
+            step=step + 1,
+            metrics={"loss": output.metrics["loss"], "tokens_per_s": tokens / (time.perf_counter() - started), "lr": learning_rate(step, config)},
+        )
+        last = step + 1 == config.steps
+        if (config.publish_every and (step + 1) % config.publish_every == 0) or last:
+            report.published = client.save_weights_for_sampler(f"sft-step-{step + 1}", {"loss": report.metrics["loss"]}).address
+        reports.append(report)
+        on_step(report)
+    return reports

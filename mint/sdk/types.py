@@ -1,0 +1,114 @@
+"""Plain Python types of the SDK, and their protobuf forms."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Sequence
+
+from mint.proto import common_pb2, trainer_pb2
+
+
+@dataclasses.dataclass(slots=True)
+class Datum:
+    """One training example: input tokens and per-token loss inputs (Tinker's shape).
+
+    loss_fn_inputs keys: target_tokens (ints), weights, logprobs (the sampler's), advantages (floats),
+    each with one value per input token."""
+
+    tokens: list[int]
+    loss_fn_inputs: dict[str, list[float] | list[int]]
+
+    def to_proto(self) -> trainer_pb2.Datum:
+        inputs = {}
+        for key, values in self.loss_fn_inputs.items():
+            if key == "target_tokens":
+                inputs[key] = common_pb2.TensorData(int_data=[int(v) for v in values], shape=[len(values)])
+            else:
+                inputs[key] = common_pb2.TensorData(float_data=[float(v) for v in values], shape=[len(values)])
+        return trainer_pb2.Datum(tokens=list(self.tokens), loss_fn_inputs=inputs)
+
+
+def next_token_datum(prompt: Sequence[int], completion: Sequence[int], **extra: Sequence[float]) -> Datum:
+    """The datum that trains `completion` after `prompt`: inputs are all tokens but the last, targets are
+    all but the first, and only completion tokens carry weight. `extra` (logprobs, advantages) gives one
+    value per completion token."""
+    tokens = list(prompt) + list(completion)
+    n_prompt = len(prompt)
+    inputs: dict[str, list] = {
+        "target_tokens": tokens[1:],
+        "weights": [0.0] * (n_prompt - 1) + [1.0] * len(completion),
+    }
+    for key, values in extra.items():
+        inputs[key] = [0.0] * (n_prompt - 1) + [float(v) for v in values]
+    return Datum(tokens=tokens[:-1], loss_fn_inputs=inputs)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AdamParams:
+    learning_rate: float = 1e-4
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    grad_clip_norm: float = 0.0
+
+    def to_proto(self) -> trainer_pb2.AdamParams:
+        return trainer_pb2.AdamParams(**dataclasses.asdict(self))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SamplingParams:
+    max_tokens: int = 64
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    logprobs: bool = True
+    ignore_eos: bool = False
+
+    def to_proto(self, n: int = 1) -> common_pb2.SamplingParams:
+        fields = dataclasses.asdict(self)
+        seed = fields.pop("seed")
+        message = common_pb2.SamplingParams(n=n, **fields)
+        if seed is not None:
+            message.seed = seed
+        return message
+
+
+class Finish(enum.Enum):
+    LENGTH = common_pb2.FINISH_REASON_LENGTH
+    STOP = common_pb2.FINISH_REASON_STOP
+    ABORTED = common_pb2.FINISH_REASON_ABORTED
+
+
+@dataclasses.dataclass(slots=True)
+class SampledSequence:
+    tokens: list[int]
+    text: str
+    logprobs: list[float]
+    finish: Finish | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class SampleResponse:
+    sequences: list[SampledSequence]
+    prompt_tokens: int
+
+
+@dataclasses.dataclass(slots=True)
+class ForwardBackwardOutput:
+    loss_fn_outputs: list[dict[str, list[float]]]
+    metrics: dict[str, float]
+
+
+def prompt_proto(prompt: str | Sequence[int] | Sequence[dict[str, str]]) -> common_pb2.Prompt:
+    """Text, token ids, or chat messages ([{"role": ..., "content": ...}])."""
+    if isinstance(prompt, str):
+        return common_pb2.Prompt(text=prompt)
+    items = list(prompt)
+    if items and isinstance(items[0], dict):
+        return common_pb2.Prompt(chat=common_pb2.ChatPrompt(messages=[common_pb2.ChatMessage(**m) for m in items]))
+    return common_pb2.Prompt(tokens=common_pb2.TokenIds(ids=[int(t) for t in items]))

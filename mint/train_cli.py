@@ -1,0 +1,75 @@
+"""`mint train sft|grpo`: a recipe with a progress bar and per-step metrics, against a MinT server
+(--address / $MINT_ADDRESS) or an embedded one started on --model."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from mint.errors import MintError
+
+
+def run_train(args) -> int:
+    console = Console()
+    try:
+        with _server(args) as (address, api_key):
+            return _run(args, address, api_key, console)
+    except MintError as err:
+        console.print(f"[red]{err}[/red]")
+        return 1
+
+
+@contextlib.contextmanager
+def _server(args):
+    address = args.address or os.environ.get("MINT_ADDRESS")
+    if address:
+        yield address, args.api_key or os.environ.get("MINT_API_KEY", "")
+        return
+    if not args.model:
+        print("give --address (or set MINT_ADDRESS) for a running server, or --model DIR to start one here", file=sys.stderr)
+        raise SystemExit(2)
+    from services.embedded import EmbeddedConfig, EmbeddedStack
+
+    stack = EmbeddedStack(EmbeddedConfig(model_path=args.model, data_dir=args.data_dir, address="127.0.0.1:0")).start()
+    try:
+        yield stack.address, stack.admin_key
+    finally:
+        stack.stop()
+
+
+def _run(args, address: str, api_key: str, console: Console) -> int:
+    from mint.sdk import ServiceClient
+
+    service = ServiceClient(address, api_key)
+    tokenizer = service.get_tokenizer()
+    base_model = args.base_model or service.engines()[0].base_model
+    client = service.create_lora_training_client(base_model, args.policy, rank=args.rank, seed=args.seed)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[metrics]}"))
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task(f"{args.recipe} {client.policy}", total=args.steps, metrics="")
+
+        def on_step(report) -> None:
+            shown = "  ".join(f"{k} {v:.4g}" for k, v in report.metrics.items())
+            progress.update(bar, advance=1, metrics=shown)
+            if report.published:
+                progress.console.print(f"step {report.step}: published {report.published}")
+
+        if args.recipe == "sft":
+            from mint.recipes.sft import SFTConfig, run_sft
+            from mint.recipes.tasks import sft_examples
+
+            config = SFTConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, publish_every=args.publish_every, seed=args.seed)
+            run_sft(client, tokenizer, sft_examples(args.task, args.data), config, on_step)
+        else:
+            from mint.recipes.grpo import GRPOConfig, run_grpo
+
+            config = GRPOConfig(
+                task=args.task, reward_fn=args.reward, steps=args.steps, prompts_per_step=args.prompts, group_size=args.group_size,
+                max_tokens=args.max_tokens, temperature=args.temperature, learning_rate=args.lr, kl_coef=args.kl, seed=args.seed,
+            )
+            run_grpo(service, client, tokenizer, config, on_step)
+    return 0

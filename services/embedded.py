@@ -1,0 +1,162 @@
+"""The embedded deployment: catalog (SQLite + a local blob directory), in-memory scheduler, one engine,
+one trainer and the gateway's public API, all in one process on one port.
+
+Components talk in-process (no loopback gRPC between them); clients use the same public API as against a
+fleet. The data directory keeps the catalog, blobs, engine cache, trainer states and the admin key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import grpc
+
+from mint import auth
+from mint.errors import Code, MintError
+from mint.models.loading import read_config, weights_sha256
+from services.catalog import convert
+from services.catalog.catalog import Catalog, StoreAuthenticator
+from services.catalog.config import CatalogConfig
+from services.catalog.main import catalog_service, open_catalog
+from services.engine.config import EngineConfig
+from services.engine.engine import Engine
+from services.engine.fleet import FleetAgent
+from services.engine.sources import BlobStoreSource
+from services.gateway.engines import LocalEngines
+from services.gateway.main import sampling_service
+from services.gateway.resolver import ResolveCache
+from services.gateway.sampling import SamplingServicer
+from services.scheduler import MemoryScheduler
+from services.trainer.config import TrainerConfig
+from services.trainer.main import trainer_service
+from services.trainer.servicer import TrainerServicer
+from services.trainer.session import Session
+from services.trainer.trainer import Published, Trainer
+
+LOCAL_ENGINE = "local"
+TENANT = "local"
+
+
+class LocalPublisher:
+    """Publishes trainer revisions straight into the in-process catalog, acting for the session's tenant."""
+
+    def __init__(self, catalog: Catalog):
+        self.catalog = catalog
+
+    def _as(self, tenant: str) -> auth.Principal:
+        return auth.Principal(tenant=tenant, key_id="trainer", role=auth.Role.SERVICE)
+
+    def ensure_policy(self, tenant: str, policy: str, base_model: str) -> None:
+        with auth.acting(self._as(tenant)):
+            try:
+                self.catalog.create_policy(policy, base_model)
+            except MintError as err:
+                if err.code is not Code.ALREADY_EXISTS:
+                    raise
+
+    def publish(self, session: Session, weights, name: str, metrics: dict[str, float]) -> Published:
+        with auth.acting(self._as(session.tenant)):
+            revision = self.catalog.publish(
+                session.policy, weights.config.to_json(), [weights.to_safetensors()], source=f"trainer:{session.session_id}/{name}"[:256],
+                metrics=metrics, idempotency_key=name,
+            )
+        return Published(address=f"mint://{revision.address}", number=revision.number, adapter=convert.adapter_ref(revision))
+
+
+@dataclasses.dataclass(kw_only=True)
+class EmbeddedConfig:
+    model_path: str
+    data_dir: str = ".mint"
+    base_model: str = ""  # default: the model directory's name
+    address: str = "127.0.0.1:50050"
+    engine: dict = dataclasses.field(default_factory=dict)  # EngineConfig overrides
+    trainer: dict = dataclasses.field(default_factory=dict)  # TrainerConfig overrides
+
+
+class EmbeddedStack:
+    def __init__(self, config: EmbeddedConfig):
+        self.config = config
+        data = Path(config.data_dir)
+        data.mkdir(parents=True, exist_ok=True)
+        self.base_model = config.base_model or Path(config.model_path).name
+        self.admin_key = _admin_key(data / "admin.key")
+        self.catalog = open_catalog(
+            CatalogConfig(
+                database_url=f"sqlite:///{data / 'catalog.db'}", blob_dir=str(data / "blobs"), admin_key=self.admin_key, admin_tenant=TENANT
+            )
+        )
+        self._register_base()
+        self.scheduler = MemoryScheduler()
+        engine_config = EngineConfig(model_path=config.model_path, base_model=self.base_model, cache_dir=str(data / "engine"), engine_id="engine-local")
+        self.engine = Engine(dataclasses.replace(engine_config, **config.engine), BlobStoreSource(self.catalog.blobs)).start()
+        self.fleet = FleetAgent(self.engine, self.scheduler, LOCAL_ENGINE).start()
+        engines = LocalEngines()
+        engines.engines[LOCAL_ENGINE] = self.engine
+        trainer_config = TrainerConfig(model_path=config.model_path, base_model=self.base_model, state_dir=str(data / "trainer"))
+        publisher = LocalPublisher(self.catalog)
+        self.trainer = Trainer(dataclasses.replace(trainer_config, **config.trainer), publisher)
+        resolver = ResolveCache(self._resolve)
+        self.catalog.policy_listeners.append(resolver.invalidate)
+        self.server, self.port = _build(
+            [
+                catalog_service(self.catalog),
+                sampling_service(SamplingServicer(resolver, self.scheduler, engines)),
+                trainer_service(TrainerServicer(self.trainer, publisher.ensure_policy)),
+            ],
+            config.address,
+            StoreAuthenticator(self.catalog.store),
+        )
+
+    @property
+    def address(self) -> str:
+        host = self.config.address.rpartition(":")[0]
+        return f"{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{self.port}"
+
+    def start(self) -> EmbeddedStack:
+        self.server.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.stop(2).wait()
+        self.fleet.stop()
+        self.engine.stop()
+        self.trainer.close()
+        self.catalog.store.close()
+
+    def _resolve(self, ref: str, api_key: str):
+        from mint.proto import catalog_pb2
+
+        revision = self.catalog.resolve(ref)  # runs as the caller: the interceptor set the principal
+        return catalog_pb2.ResolveResponse(revision=convert.revision_pb(revision), adapter=convert.adapter_ref(revision))
+
+    def _register_base(self) -> None:
+        config = read_config(Path(self.config.model_path))
+        with auth.acting(auth.Principal(tenant=TENANT, key_id="embedded", role=auth.Role.ADMIN)):
+            self.catalog.register_base_model(
+                name=self.base_model,
+                architecture=config.architecture,
+                config=json.loads(json.dumps(config.to_hf())),
+                weights_sha256=weights_sha256(self.config.model_path),
+                module_shapes=config.module_shapes(),
+                num_layers=config.num_layers,
+            )
+
+
+def _build(services, address: str, authenticator) -> tuple[grpc.Server, int]:
+    from mint.server import build_server
+
+    return build_server(services, address=address, authenticator=authenticator, max_workers=128)
+
+
+def _admin_key(path: Path) -> str:
+    """The data directory's admin key: made once, readable only by its owner."""
+    if path.is_file():
+        return path.read_text().strip()
+    key = auth.generate_key().key
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    return key

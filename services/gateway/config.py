@@ -1,0 +1,33 @@
+"""Gateway configuration. The environment is read once, by `from_env`, at the entry point."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+
+@dataclasses.dataclass(kw_only=True, slots=True)
+class GatewayConfig:
+    address: str = "0.0.0.0:50050"
+    catalog_address: str = ""
+    trainer_address: str = ""
+    redis_url: str = ""
+    redis_prefix: str = "mint:"
+    service_key: str = ""  # how the gateway calls engines
+    resolve_ttl_s: float = 30.0
+    retries: int = 2
+    max_workers: int = 256
+
+    @classmethod
+    def from_env(cls, **overrides) -> GatewayConfig:
+        env = os.environ
+        names = {
+            "address": "MINT_GATEWAY_ADDRESS",
+            "catalog_address": "MINT_CATALOG_URL",
+            "trainer_address": "MINT_TRAINER_URL",
+            "redis_url": "MINT_REDIS_URL",
+            "redis_prefix": "MINT_REDIS_PREFIX",
+            "service_key": "MINT_SERVICE_KEY",
+        }
+        values = {field: env[var] for field, var in names.items() if var in env}
+        return cls(**{**values, **overrides})

@@ -1,0 +1,60 @@
+"""Run the gateway: the public API on one port, in front of the catalog, the engines and a trainer."""
+
+from __future__ import annotations
+
+import grpc
+
+from mint import auth
+from mint.bus import RedisPolicyBus
+from mint.errors import MintError
+from mint.proto import catalog_pb2, catalog_pb2_grpc, gateway_pb2, gateway_pb2_grpc, trainer_pb2
+from mint.server import RemoteAuthenticator, Service, build_server, channel, run_until_signalled
+from services.gateway.config import GatewayConfig
+from services.gateway.engines import GrpcEngines
+from services.gateway.forwarding import forwarding_handler
+from services.gateway.resolver import ResolveCache
+from services.gateway.sampling import SamplingServicer
+from services.scheduler import open_scheduler
+
+
+def generic_service(handler: grpc.GenericRpcHandler, descriptor) -> Service:
+    return Service(descriptor, handler, lambda h, server: server.add_generic_rpc_handlers((h,)))
+
+
+def sampling_service(servicer: SamplingServicer) -> Service:
+    return Service(gateway_pb2.DESCRIPTOR.services_by_name["SamplingService"], servicer, gateway_pb2_grpc.add_SamplingServiceServicer_to_server)
+
+
+def catalog_resolver(catalog: grpc.Channel):
+    stub = catalog_pb2_grpc.CatalogServiceStub(catalog)
+
+    def resolve(ref: str, api_key: str) -> catalog_pb2.ResolveResponse:
+        try:
+            return stub.Resolve(catalog_pb2.ResolveRequest(ref=ref), metadata=auth.call_metadata(api_key), timeout=30)
+        except grpc.RpcError as err:
+            raise MintError.from_rpc_error(err) from None
+
+    return resolve
+
+
+def create_server(config: GatewayConfig) -> tuple[grpc.Server, int]:
+    catalog = channel(config.catalog_address)
+    resolver = ResolveCache(catalog_resolver(catalog), ttl_s=config.resolve_ttl_s)
+    if config.redis_url:
+        RedisPolicyBus(config.redis_url, config.redis_prefix).subscribe(resolver.invalidate)
+    scheduler = open_scheduler(config.redis_url or None, prefix=config.redis_prefix)
+    services = [
+        sampling_service(SamplingServicer(resolver, scheduler, GrpcEngines(config.service_key), retries=config.retries)),
+        generic_service(forwarding_handler(catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"], lambda: catalog), catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"]),
+    ]
+    if config.trainer_address:
+        trainer = channel(config.trainer_address)
+        descriptor = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"]
+        services.append(generic_service(forwarding_handler(descriptor, lambda: trainer), descriptor))
+    return build_server(services, address=config.address, authenticator=RemoteAuthenticator(catalog), max_workers=config.max_workers)
+
+
+def serve(config: GatewayConfig | None = None) -> None:
+    config = config or GatewayConfig.from_env()
+    server, port = create_server(config)
+    run_until_signalled(server, port, "gateway")

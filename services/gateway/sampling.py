@@ -1,0 +1,142 @@
+"""SamplingService: resolve the policy name, route to an engine through the scheduler, stream the answer.
+
+A request that fails because its engine is unreachable before the first token is retried on another
+engine; after the first token, the error goes to the client (its tokens cannot be un-sent). Deadlines and
+cancellation pass through to the engine.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from mint import auth
+from mint.errors import Code, MintError, invalid
+from mint.proto import engine_pb2, gateway_pb2, gateway_pb2_grpc
+from mint.proto.common_pb2 import AdapterRef
+from mint.server import time_left
+from services.gateway.engines import EngineConnector
+from services.gateway.resolver import ResolveCache
+from services.scheduler.base import LoadItem, Route, Scheduler, WaveStatus
+
+
+class SamplingServicer(gateway_pb2_grpc.SamplingServiceServicer):
+    def __init__(self, resolver: ResolveCache, scheduler: Scheduler, engines: EngineConnector, *, retries: int = 2):
+        self.resolver = resolver
+        self.scheduler = scheduler
+        self.engines = engines
+        self.retries = retries
+
+    # --- sampling and scoring ---------------------------------------------------------------------------
+
+    def Sample(self, request, context):
+        adapter, base = self._target(request.model, request.base_model, context)
+        engine_request = engine_pb2.EngineSampleRequest(
+            request_id=uuid.uuid4().hex, adapter=adapter, prompt=request.prompt, params=request.params
+        )
+        tried: set[str] = set()
+        while True:
+            route = self._route(adapter, base, tried)
+            stream = self.engines.sample(route.address, engine_request, time_left(context))
+            context.add_callback(stream.cancel)
+            started = False
+            try:
+                for chunk in stream:
+                    started = True
+                    yield chunk
+                return
+            except MintError as err:
+                if started or not self._retryable(err, tried, route):
+                    raise
+
+    def ComputeLogprobs(self, request, context):
+        adapter, base = self._target(request.model, request.base_model, context)
+        engine_request = engine_pb2.EngineLogprobsRequest(adapter=adapter, sequences=request.sequences)
+        tried: set[str] = set()
+        while True:
+            route = self._route(adapter, base, tried)
+            try:
+                return self.engines.compute_logprobs(route.address, engine_request, time_left(context))
+            except MintError as err:
+                if not self._retryable(err, tried, route):
+                    raise
+
+    def _retryable(self, err: MintError, tried: set[str], route: Route) -> bool:
+        tried.add(route.engine_id)
+        return err.code is Code.UNAVAILABLE and len(tried) <= self.retries
+
+    def _target(self, model: str, base_model: str, context) -> tuple[AdapterRef | None, str]:
+        if not model:
+            if not base_model:
+                raise invalid("name a policy revision in model (e.g. acme/bot@prod), or a base_model to sample the base alone")
+            return None, base_model
+        adapter = self.resolver.resolve(model, _api_key(context)).adapter
+        if base_model and base_model != adapter.base_model:
+            raise invalid(f"{adapter.address} is an adapter for base {adapter.base_model!r}, not {base_model!r}")
+        failure = self.scheduler.load_failure(adapter.sha256)
+        if failure:
+            raise MintError(Code.FAILED_PRECONDITION, f"{adapter.address} could not be loaded on any engine: {failure}")
+        return adapter, adapter.base_model
+
+    def _route(self, adapter: AdapterRef | None, base: str, tried: set[str]) -> Route:
+        if adapter is not None:
+            return self.scheduler.route(adapter.sha256, base, exclude=frozenset(tried))
+        engines = [e for e in self.scheduler.engines(base) if e.info.engine_id not in tried]
+        if not engines:
+            raise MintError(Code.UNAVAILABLE, f"no engine is serving base model {base!r}")
+        best = min(engines, key=lambda e: e.load.score)
+        return Route(engine_id=best.info.engine_id, address=best.info.address, resident=True)
+
+    # --- waves and engines -----------------------------------------------------------------------------
+
+    def ActivateWave(self, request, context):
+        if not request.refs:
+            raise invalid("a wave needs at least one revision ref")
+        key = _api_key(context)
+        adapters = [self.resolver.resolve(ref, key).adapter for ref in request.refs]
+        bases = {a.base_model for a in adapters}
+        if len(bases) != 1:
+            raise invalid(f"a wave's revisions must share one base model; got {sorted(bases)}")
+        unique = {a.sha256: a for a in adapters}
+        items = [LoadItem(sha256=a.sha256, size_bytes=a.size_bytes, adapter=a.SerializeToString()) for a in unique.values()]
+        wave_id = self.scheduler.activate_wave(request.name, bases.pop(), items)
+        return wave_pb(self.scheduler.wave_status(wave_id))
+
+    def GetWave(self, request, context):
+        auth.current_principal()
+        return wave_pb(self.scheduler.wave_status(request.wave_id))
+
+    def ListEngines(self, request, context):
+        auth.current_principal()
+        return gateway_pb2.ListEnginesResponse(
+            engines=[
+                gateway_pb2.EngineInfo(
+                    engine_id=e.info.engine_id, address=e.info.address, base_model=e.info.base_model,
+                    device_bytes=e.info.device_bytes, host_bytes=e.info.host_bytes, disk_bytes=e.info.disk_bytes,
+                    load=e.load.score,
+                )
+                for e in self.scheduler.engines()
+            ]
+        )
+
+
+def wave_pb(status: WaveStatus) -> gateway_pb2.Wave:
+    return gateway_pb2.Wave(
+        wave_id=status.wave_id,
+        name=status.name,
+        total=status.total,
+        resident=status.resident,
+        failed=status.failed,
+        ready=status.ready,
+        engines=[
+            gateway_pb2.WaveEngineShare(engine_id=s.engine_id, adapters=s.adapters, bytes=s.bytes, resident=s.resident)
+            for s in status.engines
+        ],
+        failures=list(status.failures),
+    )
+
+
+def _api_key(context) -> str:
+    key = auth.key_from_metadata(context.invocation_metadata())
+    if not key:
+        raise MintError(Code.UNAUTHENTICATED, "this call needs an API key")
+    return key

@@ -1,0 +1,43 @@
+"""The scheduler: engine registry, adapter placement and routing, active waves, load queues.
+
+`open_scheduler` picks the backend: Redis for a fleet (a URL is given), memory for the embedded process.
+"""
+
+from __future__ import annotations
+
+from services.scheduler.base import (
+    EngineInfo,
+    EngineLoad,
+    LiveEngine,
+    LoadItem,
+    Route,
+    Scheduler,
+    WaveShare,
+    WaveStatus,
+)
+from services.scheduler.config import SchedulerConfig
+from services.scheduler.memory import MemoryScheduler
+from services.scheduler.redis_backend import RedisScheduler
+
+__all__ = [
+    "EngineInfo",
+    "EngineLoad",
+    "LiveEngine",
+    "LoadItem",
+    "MemoryScheduler",
+    "RedisScheduler",
+    "Route",
+    "Scheduler",
+    "SchedulerConfig",
+    "WaveShare",
+    "WaveStatus",
+    "open_scheduler",
+]
+
+
+def open_scheduler(redis_url: str | None, **kw) -> Scheduler:
+    """The Redis backend when a URL is given (kw: prefix, heartbeat_s, clock, SchedulerConfig fields),
+    else the in-memory one (the same kw, less prefix)."""
+    if redis_url:
+        return RedisScheduler(redis_url, **kw)
+    return MemoryScheduler(**kw)
