@@ -35,9 +35,9 @@ __all__ = [
 ]
 
 
-def open_scheduler(redis_url: str | None, **kw) -> Scheduler:
-    """The Redis backend when a URL is given (kw: prefix, heartbeat_s, clock, SchedulerConfig fields),
-    else the in-memory one (the same kw, less prefix)."""
+def open_scheduler(redis_url: str | None, *, prefix: str = "mint:", **kw) -> Scheduler:
+    """The Redis backend under `prefix` when a URL is given, else the in-memory one (which has no keys, so
+    no prefix). Other kw: heartbeat_s, clock, and SchedulerConfig's fields."""
     if redis_url:
-        return RedisScheduler(redis_url, **kw)
+        return RedisScheduler(redis_url, prefix=prefix, **kw)
     return MemoryScheduler(**kw)
