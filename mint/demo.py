@@ -59,7 +59,7 @@ def run_demo(*, data_dir: str = ".mint/demo", tiny: bool = False, steps: int = 0
     console.rule("[bold]MinT demo: many LoRA policies over one resident base")
     root = Path(data_dir)
     base_dir = prepare_base(root / "models", tiny, console)
-    steps = steps or (40 if base_dir.name == SMOLLM2 else 60)
+    steps = steps or (24 if base_dir.name == SMOLLM2 else 60)
     shutil.rmtree(root / "stack", ignore_errors=True)  # a fresh catalog each run
     stack = EmbeddedStack(EmbeddedConfig(model_path=str(base_dir), data_dir=str(root / "stack"), address="127.0.0.1:0")).start()
     try:
@@ -78,7 +78,7 @@ def run_demo(*, data_dir: str = ".mint/demo", tiny: bool = False, steps: int = 0
 
 def _train(service: ServiceClient, tokenizer, base_model: str, steps: int, console: Console) -> None:
     console.rule("1. three policies, trained at once on the shared base")
-    config = SFTConfig(steps=steps, batch_size=4, learning_rate=2e-3, warmup_steps=3, publish_every=steps // 2)
+    config = SFTConfig(steps=steps, batch_size=2, learning_rate=2e-3, warmup_steps=3, publish_every=steps // 2)
     columns = (TextColumn("{task.description:>14}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[info]}"))
     errors: list[BaseException] = []
     with Progress(*columns, console=console) as progress:

@@ -26,7 +26,7 @@ from services.engine.engine import Engine
 from services.engine.fleet import FleetAgent
 from services.engine.sources import BlobStoreSource
 from services.gateway.engines import LocalEngines
-from services.gateway.main import sampling_service
+from services.gateway.main import sampling_service, start_reaper
 from services.gateway.resolver import ResolveCache
 from services.gateway.sampling import SamplingServicer
 from services.scheduler import MemoryScheduler
@@ -90,7 +90,12 @@ class EmbeddedStack:
         )
         self._register_base()
         self.scheduler = MemoryScheduler()
-        engine_config = EngineConfig(model_path=config.model_path, base_model=self.base_model, cache_dir=str(data / "engine"), engine_id="engine-local")
+        start_reaper(self.scheduler)
+        # One process shares the machine with a trainer: modest budgets unless the caller asks for more.
+        engine_config = EngineConfig(
+            model_path=config.model_path, base_model=self.base_model, cache_dir=str(data / "engine"), engine_id="engine-local",
+            max_lora_rank=32, device_budget_bytes=512 * 1024**2, host_budget_bytes=1024**3, kv_cache_bytes=256 * 1024**2,
+        )
         self.engine = Engine(dataclasses.replace(engine_config, **config.engine), BlobStoreSource(self.catalog.blobs)).start()
         self.fleet = FleetAgent(self.engine, self.scheduler, LOCAL_ENGINE).start()
         engines = LocalEngines()

@@ -14,6 +14,7 @@ import asyncio
 import functools
 import os
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -159,6 +160,8 @@ class TrainingClient:
 class SamplingClient:
     """Samples one policy revision (or the base) through the gateway's engines."""
 
+    RETRIES = 3
+
     def __init__(self, service: ServiceClient, model: str, base_model: str):
         self.service = service
         self.model = model
@@ -174,6 +177,17 @@ class SamplingClient:
             model=self.model, base_model=self.base_model, prompt=prompt_proto(prompt),
             params=(sampling_params or SamplingParams()).to_proto(num_samples),
         )
+        for attempt in range(self.RETRIES + 1):
+            try:
+                return self._sample_once(request, num_samples)
+            except MintError as err:
+                # An engine that died mid-answer: nothing was handed to the caller yet, so ask again.
+                if err.code is not Code.UNAVAILABLE or attempt == self.RETRIES:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _sample_once(self, request: gateway_pb2.SampleRequest, num_samples: int) -> SampleResponse:
         sequences = [SampledSequence(tokens=[], text="", logprobs=[]) for _ in range(num_samples)]
         prompt_tokens = 0
         stream = rpc_stream(self.service._sampling.Sample, request, metadata=self.service.metadata, timeout=self.service.timeout_s)

@@ -34,6 +34,7 @@ class EngineConfig:
     catalog_address: str = ""           # where adapter blobs come from
     api_key: str = ""                   # a service key: for the catalog, and required of callers
     redis_url: str = ""                 # the fleet scheduler; empty: not registered anywhere
+    redis_prefix: str = "mint:"
     heartbeat_s: float = 1.0
 
     @property
@@ -61,6 +62,7 @@ class EngineConfig:
             "catalog_address": ("MINT_CATALOG_URL", str),
             "api_key": ("MINT_SERVICE_KEY", str),
             "redis_url": ("MINT_REDIS_URL", str),
+            "redis_prefix": ("MINT_REDIS_PREFIX", str),
             "heartbeat_s": ("MINT_HEARTBEAT_S", float),
         }
         values = {field: kind(env[var]) for field, (var, kind) in names.items() if var in env}

@@ -38,7 +38,7 @@ def serve(config: EngineConfig | None = None) -> None:
     server, port = create_server(config, engine)
     agent = None
     if config.redis_url:
-        scheduler = open_scheduler(config.redis_url, heartbeat_s=config.heartbeat_s)
+        scheduler = open_scheduler(config.redis_url, prefix=config.redis_prefix, heartbeat_s=config.heartbeat_s)
         agent = FleetAgent(engine, scheduler, config.advertise_address or f"127.0.0.1:{port}")
 
     def on_stop() -> None:

@@ -14,6 +14,7 @@ class GatewayConfig:
     redis_url: str = ""
     redis_prefix: str = "mint:"
     service_key: str = ""  # how the gateway calls engines
+    heartbeat_s: float = 1.0  # engines' heartbeat period; engines unseen for 3 periods are reaped
     resolve_ttl_s: float = 30.0
     retries: int = 2
     max_workers: int = 256
@@ -29,5 +30,7 @@ class GatewayConfig:
             "redis_prefix": "MINT_REDIS_PREFIX",
             "service_key": "MINT_SERVICE_KEY",
         }
-        values = {field: env[var] for field, var in names.items() if var in env}
+        values: dict = {field: env[var] for field, var in names.items() if var in env}
+        if "MINT_HEARTBEAT_S" in env:
+            values["heartbeat_s"] = float(env["MINT_HEARTBEAT_S"])
         return cls(**{**values, **overrides})

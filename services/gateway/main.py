@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+
 import grpc
 
 from mint import auth
@@ -14,7 +18,9 @@ from services.gateway.engines import GrpcEngines
 from services.gateway.forwarding import forwarding_handler
 from services.gateway.resolver import ResolveCache
 from services.gateway.sampling import SamplingServicer
-from services.scheduler import open_scheduler
+from services.scheduler import Scheduler, open_scheduler
+
+log = logging.getLogger(__name__)
 
 
 def generic_service(handler: grpc.GenericRpcHandler, descriptor) -> Service:
@@ -37,12 +43,31 @@ def catalog_resolver(catalog: grpc.Channel):
     return resolve
 
 
+def start_reaper(scheduler: Scheduler) -> threading.Thread:
+    """Reap engines unseen for 3 heartbeat periods, every period. Every gateway does this; the scheduler
+    makes sure each dead engine is handled once."""
+
+    def reap() -> None:
+        while True:
+            time.sleep(scheduler.heartbeat_s)
+            try:
+                for engine_id in scheduler.reap():
+                    log.warning("engine %s stopped heartbeating; its adapters are placed elsewhere", engine_id)
+            except MintError as err:
+                log.warning("reaper: %s", err)
+
+    thread = threading.Thread(target=reap, name="reaper", daemon=True)
+    thread.start()
+    return thread
+
+
 def create_server(config: GatewayConfig) -> tuple[grpc.Server, int]:
     catalog = channel(config.catalog_address)
     resolver = ResolveCache(catalog_resolver(catalog), ttl_s=config.resolve_ttl_s)
     if config.redis_url:
         RedisPolicyBus(config.redis_url, config.redis_prefix).subscribe(resolver.invalidate)
-    scheduler = open_scheduler(config.redis_url or None, prefix=config.redis_prefix)
+    scheduler = open_scheduler(config.redis_url or None, prefix=config.redis_prefix, heartbeat_s=config.heartbeat_s)
+    start_reaper(scheduler)
     services = [
         sampling_service(SamplingServicer(resolver, scheduler, GrpcEngines(config.service_key), retries=config.retries)),
         generic_service(forwarding_handler(catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"], lambda: catalog), catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"]),

@@ -266,7 +266,7 @@ class MemoryScheduler:
         live = self._live(base_model, self._clock())
         if not live:
             for item in items:
-                self._dead_letter(gone, item, orphaned(gone, base_model))
+                self._dead_letter(gone, item, orphaned(gone, base_model), failed_load=False)
             return
         for item, engine_id in placement.spread(items, self._free_bytes(base_model, live)):
             self._enqueue(engine_id, item)
@@ -301,9 +301,12 @@ class MemoryScheduler:
                 return
         self._dead_letter(engine_id, item, error)
 
-    def _dead_letter(self, engine_id: str, item: LoadItem, reason: str) -> None:
+    def _dead_letter(self, engine_id: str, item: LoadItem, reason: str, *, failed_load: bool = True) -> None:
+        """Give up on a load. Only a load that itself failed marks the adapter failed for requesters; one
+        orphaned because no engine was left says nothing about the adapter."""
         log.warning("load of %s dead-lettered (last on %s): %s", item.sha256, engine_id, reason)
-        self._failures[item.sha256] = (reason, self._clock() + self.config.failure_ttl_s)
+        if failed_load:
+            self._failures[item.sha256] = (reason, self._clock() + self.config.failure_ttl_s)
         wave = self._waves.get(item.wave_id)
         if wave is not None and wave.engine_of.get(item.sha256) == engine_id:
             wave.state_of[item.sha256] = ItemState.FAILED

@@ -385,7 +385,7 @@ class RedisScheduler:
                 self._wave_item_in(pipe, item, gone, ItemState.QUEUED.value, engine_id)
         else:
             for item in items:
-                self._dead_letter_in(pipe, gone, item, orphaned(gone, base_model))
+                self._dead_letter_in(pipe, gone, item, orphaned(gone, base_model), failed_load=False)
         pipe.delete(detached)
         pipe.zrem(self._key("reaped"), member)
         self._commit(pipe, queued)
@@ -493,7 +493,7 @@ class RedisScheduler:
             pipe = self.redis.pipeline()
             for engine_id, item in lost:
                 reason = f"engine {engine_id} left before the load was queued"
-                self._dead_letter_in(pipe, engine_id, item, reason)
+                self._dead_letter_in(pipe, engine_id, item, reason, failed_load=False)
             pipe.execute()
 
     def _wave_item_in(self, pipe: Pipeline, item: LoadItem, engine_id: str, state: str, target: str) -> None:
@@ -504,11 +504,14 @@ class RedisScheduler:
         args = [item.sha256, engine_id, state, target, item.size_bytes, -item.size_bytes]
         self._wave_item(keys, args, client=pipe)
 
-    def _dead_letter_in(self, pipe: Pipeline, engine_id: str, item: LoadItem, reason: str) -> None:
+    def _dead_letter_in(self, pipe: Pipeline, engine_id: str, item: LoadItem, reason: str, *, failed_load: bool = True) -> None:
+        """Give up on a load. Only a load that itself failed marks the adapter failed for requesters; one
+        orphaned because no engine was left says nothing about the adapter."""
         log.warning("load of %s dead-lettered (last on %s): %s", item.sha256, engine_id, reason)
         fields = {**_encode_item(item), "reason": reason, "engine": engine_id}
         pipe.xadd(self._key("loads", "dead"), fields, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
-        pipe.set(self._key("failure", item.sha256), reason, px=max(1, int(self.config.failure_ttl_s * 1000)))
+        if failed_load:
+            pipe.set(self._key("failure", item.sha256), reason, px=max(1, int(self.config.failure_ttl_s * 1000)))
         self._wave_item_in(pipe, item, engine_id, f"{ItemState.FAILED.value}:{reason}", engine_id)
 
 

@@ -291,3 +291,12 @@ def test_unavailable_without_an_engine_for_the_base(scheduler, clock):
     assert error_code(scheduler.enqueue_load, "ghost", item(1)) is Code.NOT_FOUND
     clock.advance(3.5)  # seen too long ago: not routable even before the reaper runs
     assert error_code(scheduler.route, sha(1), "tiny") is Code.UNAVAILABLE
+
+
+def test_loads_orphaned_by_the_last_engine_do_not_mark_the_adapter_failed(scheduler, clock):
+    add_engine(scheduler, "only")
+    scheduler.enqueue_load("only", item("x"))
+    scheduler.deregister("only")  # e.g. a rolling restart of a single-engine base
+    assert scheduler.load_failure(sha("x")) is None
+    add_engine(scheduler, "only")
+    assert scheduler.route(sha("x"), "tiny").engine_id == "only"
