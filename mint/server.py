@@ -137,7 +137,7 @@ def build_server(
     authenticator: Authenticator | None = None,
     max_workers: int = 64,
 ) -> tuple[grpc.Server, int]:
-    """A started-but-not-running server: returns (server, bound port). Call `server.start()`."""
+    """A server bound to its port but not started: returns (server, port). Call `server.start()`."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
         interceptors=[MintInterceptor(authenticator)],
