@@ -1,0 +1,130 @@
+"""A MinT fleet as local processes on loopback: catalog (Postgres), a Redis of its own, engines and a
+gateway. For multi-process tests, fleet benchmarks and trying the stack shape without containers.
+
+    fleet = LocalFleet(workdir, database_url, base_dir, engines=2)
+    fleet.client.create_sampling_client("acme/bot@prod").sample("hi")
+    fleet.stop()
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+from mint import auth
+from mint.models.loading import read_config, weights_sha256
+from mint.procs import ServiceProcess
+from mint.sdk import CatalogClient, ServiceClient
+from mint.server import channel
+
+BASE_MODEL = "tiny"
+TENANT = "acme"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A redis-server of the fleet's own, so that it can be killed and restarted."""
+
+    def __init__(self, workdir: Path):
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port)
+        for _ in range(200):
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class LocalFleet:
+    def __init__(
+        self,
+        workdir: Path,
+        database_url: str,
+        base_dir: Path,
+        *,
+        engines: int = 2,
+        heartbeat_s: float = 0.5,
+        engine_env: dict[str, str] | None = None,
+    ):
+        self.workdir = Path(workdir)
+        self.base_dir = Path(base_dir)
+        self.heartbeat_s = heartbeat_s
+        self.engine_env = engine_env or {}
+        self.redis = RedisServer(self.workdir)
+        self.admin_key = auth.generate_key().key
+        self.catalog = ServiceProcess(
+            ["-m", "services.catalog"],
+            {"MINT_DATABASE_URL": database_url, "MINT_BLOB_DIR": str(self.workdir / "blobs"), "MINT_ADMIN_KEY": self.admin_key,
+             "MINT_CATALOG_ADDRESS": "127.0.0.1:0", "MINT_REDIS_URL": self.redis.url},
+            log_path=str(self.workdir / "catalog.log"),
+        )
+        self.admin = CatalogClient(channel(self.catalog.address), self.admin_key, timeout_s=3600)
+        self.admin.create_tenant(TENANT)
+        self.member_key = self.admin.create_api_key(TENANT, "member", "member")
+        self.service_key = self.admin.create_api_key("admin", "fleet", "service")
+        config = read_config(self.base_dir)
+        self.admin.register_base_model(
+            BASE_MODEL, architecture=config.architecture, config=config.to_hf(), weights_sha256=weights_sha256(self.base_dir),
+            module_shapes=config.module_shapes(), num_layers=config.num_layers,
+        )
+        self.engines = [self.start_engine(i) for i in range(engines)]
+        self.gateway = ServiceProcess(
+            ["-m", "services.gateway"],
+            {"MINT_CATALOG_URL": self.catalog.address, "MINT_REDIS_URL": self.redis.url, "MINT_SERVICE_KEY": self.service_key,
+             "MINT_HEARTBEAT_S": str(heartbeat_s), "MINT_GATEWAY_ADDRESS": "127.0.0.1:0"},
+            log_path=str(self.workdir / "gateway.log"),
+        )
+        self.client = ServiceClient(self.gateway.address, self.member_key, timeout_s=600)
+
+    def start_engine(self, index: int) -> ServiceProcess:
+        env = {
+            "MINT_MODEL_PATH": str(self.base_dir), "MINT_BASE_MODEL": BASE_MODEL, "MINT_ENGINE_ID": f"engine-{index}",
+            "MINT_ENGINE_ADDRESS": "127.0.0.1:0", "MINT_ENGINE_CACHE_DIR": str(self.workdir / f"engine-{index}"),
+            "MINT_CATALOG_URL": self.catalog.address, "MINT_SERVICE_KEY": self.service_key, "MINT_REDIS_URL": self.redis.url,
+            "MINT_HEARTBEAT_S": str(self.heartbeat_s), "MINT_DEVICE_BUDGET_BYTES": str(64 * 1024**2),
+            "MINT_KV_CACHE_BYTES": str(32 * 1024**2), **self.engine_env,
+        }
+        return ServiceProcess(["-m", "services.engine"], env, log_path=str(self.workdir / f"engine-{index}.log"))
+
+    def wait_for_engines(self, count: int, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(self.client.engines()) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {len(self.client.engines())} of {count} engines registered")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.client.close()
+        for process in [self.gateway, *self.engines, self.catalog]:
+            process.stop()
+        self.redis.kill()
