@@ -1,0 +1,1 @@
+"""Base models: config, the packed transformer, attention contract, loading, tokenizer and GGUF import."""

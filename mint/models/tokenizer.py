@@ -1,0 +1,228 @@
+"""Text in and out of token ids for a base model, and its chat template.
+
+A model directory carries `tokenizer.json` (read with the `tokenizers` library) and `tokenizer_config.json`
+(special tokens, chat template). Chat templates are untrusted Jinja from model authors, so they render in
+Jinja's immutable sandbox with the globals transformers provides to them.
+
+`write_byte_level_tokenizer` makes the small deterministic tokenizer that random test bases ship with.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import jinja2.ext
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from mint.errors import invalid, not_found
+
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+CHATML_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+# The special tokens tokenizer_config.json names, and chat templates see as variables of the same names.
+SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "pad_token", "unk_token")
+
+
+class Tokenizer:
+    def __init__(
+        self,
+        backend: HFTokenizer,
+        *,
+        special_tokens: Mapping[str, str | None],
+        chat_template: str | None,
+        extra_eos_token_ids: Sequence[int] = (),
+    ):
+        """special_tokens: bos_token, eos_token, pad_token, unk_token as strings (absent or None if unset)."""
+        self.backend = backend
+        self.special_tokens = {name: special_tokens.get(name) for name in SPECIAL_TOKEN_NAMES}
+        self.bos_token_id = self._id_of(self.special_tokens["bos_token"])
+        eos_id = self._id_of(self.special_tokens["eos_token"])
+        self.eos_token_ids: tuple[int, ...] = tuple(
+            dict.fromkeys(([] if eos_id is None else [eos_id]) + list(extra_eos_token_ids))
+        )
+        self.chat_template = chat_template
+        self._template = _compile_chat_template(chat_template) if chat_template else None
+
+    @classmethod
+    def from_dir(cls, path: str | Path) -> Tokenizer:
+        """Read `tokenizer.json`, `tokenizer_config.json` and, where present, `chat_template.jinja` and the
+        eos ids of `generation_config.json`/`config.json` (models often stop on more than one token)."""
+        path = Path(path)
+        file = path / TOKENIZER_FILE
+        if not file.is_file():
+            raise not_found(f"{path} has no {TOKENIZER_FILE}")
+        backend = HFTokenizer.from_file(str(file))
+        config = _read_json(path / TOKENIZER_CONFIG_FILE)
+        special_tokens = {name: _token_content(config.get(name)) for name in SPECIAL_TOKEN_NAMES}
+
+        template = config.get("chat_template")
+        if isinstance(template, list):  # several named templates; "default" is the one chat uses
+            template = next((t["template"] for t in template if t.get("name") == "default"), None)
+        if (path / CHAT_TEMPLATE_FILE).is_file():
+            template = (path / CHAT_TEMPLATE_FILE).read_text()
+
+        extra_eos: list[int] = []
+        for name in ("generation_config.json", "config.json"):
+            eos = _read_json(path / name).get("eos_token_id")
+            extra_eos += eos if isinstance(eos, list) else [] if eos is None else [eos]
+        return cls(
+            backend, special_tokens=special_tokens, chat_template=template, extra_eos_token_ids=extra_eos
+        )
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        """add_special_tokens applies the tokenizer's own post-processor (e.g. a leading BOS for Llama 2)."""
+        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
+        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.backend.token_to_id(token)
+
+    def apply_chat_template(
+        self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True, **kwargs: Any
+    ) -> str:
+        """Render a conversation to the prompt text the model was trained on (no tokenization)."""
+        if self._template is None:
+            raise invalid("this tokenizer has no chat_template; send a plain prompt instead")
+        try:
+            return self._template.render(
+                messages=list(messages),
+                add_generation_prompt=add_generation_prompt,
+                **self.special_tokens,
+                **kwargs,
+            )
+        except jinja2.TemplateError as e:
+            raise invalid(f"chat template rejected the conversation: {e}") from e
+
+    def _id_of(self, token: str | None) -> int | None:
+        return None if token is None else self.backend.token_to_id(token)
+
+
+def write_byte_level_tokenizer(path: str | Path, *, vocab_size: int) -> Tokenizer:
+    """Write a byte-level BPE tokenizer with ChatML specials (ids 0, 1, 2), the 256 byte tokens, and the
+    merges a built-in English sample yields, up to `vocab_size` in all. Deterministic."""
+    minimum = len(CHATML_SPECIAL_TOKENS) + 256
+    if vocab_size < minimum:
+        raise invalid(f"a byte-level tokenizer needs vocab_size >= {minimum}, got {vocab_size}")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    backend = HFTokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=list(CHATML_SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(_MERGE_CORPUS.splitlines(), trainer)
+    backend.save(str(path / TOKENIZER_FILE))
+    end_of_text, im_start, im_end = CHATML_SPECIAL_TOKENS
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": im_start,
+        "eos_token": im_end,
+        "pad_token": im_end,
+        "unk_token": end_of_text,
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": 8192,
+        "chat_template": CHATML_TEMPLATE,
+    }
+    (path / TOKENIZER_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    return Tokenizer.from_dir(path)
+
+
+def _compile_chat_template(source: str) -> jinja2.Template:
+    def raise_exception(message: str) -> None:
+        raise jinja2.TemplateError(message)
+
+    def tojson(
+        value: Any,
+        ensure_ascii: bool = False,
+        indent: int | None = None,
+        separators: Any = None,
+        sort_keys: bool = False,
+    ) -> str:
+        # Jinja's own tojson escapes HTML characters, which would change the prompt text.
+        return json.dumps(
+            value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+        )
+
+    def strftime_now(fmt: str) -> str:
+        return datetime.now().strftime(fmt)
+
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
+    )
+    env.filters["tojson"] = tojson
+    env.globals.update(raise_exception=raise_exception, strftime_now=strftime_now)
+    try:
+        return env.from_string(source)
+    except jinja2.TemplateSyntaxError as e:
+        raise invalid(f"chat_template is not valid Jinja (line {e.lineno}): {e.message}") from e
+
+
+def _read_json(file: Path) -> dict[str, Any]:
+    if not file.is_file():
+        return {}
+    try:
+        value = json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise invalid(f"{file} is not valid JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise invalid(f"{file} must hold a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _token_content(value: Any) -> str | None:
+    # tokenizer_config.json spells a special token either as a string or as a serialized AddedToken.
+    return value.get("content") if isinstance(value, dict) else value
+
+
+# English sample the built-in tokenizer learns its merges from: enough for a few hundred merges, so that
+# prompts in tests are a realistic number of tokens rather than one per byte.
+_MERGE_CORPUS = """\
+The quick brown fox jumps over the lazy dog while the other animals watch from the side of the road.
+A language model reads a sequence of tokens and predicts the next one, one step at a time.
+Training a model means showing it many examples and nudging its weights to make better predictions.
+Each adapter is a small set of weights that changes how the shared base model behaves for one task.
+When many people send requests at the same time, the server batches them together to use the machine well.
+The user asked a question, and the assistant answered it with a short and helpful reply.
+Please write a short story about a robot who learns to paint pictures of the sea and the sky.
+What is the capital of France? The capital of France is Paris, a city on the river Seine.
+How many days are there in a week? There are seven days in a week, and the weekend has two of them.
+She opened the window, looked at the garden, and smiled because the flowers were finally in bloom.
+In the morning they walked to the station, bought two tickets, and took the train to the coast.
+Good software is tested, documented, and easy to change, and its errors tell the reader what went wrong.
+The weather today is sunny with a light wind from the west, and tomorrow there may be some rain.
+Numbers like 1, 2, 3, 10, 42, 100 and 2024 appear in text too, as do dates such as 12 March 2023.
+If you have any questions about the order, please reply to this message and we will help you.
+The teacher explained the lesson again, and this time every student in the class understood it.
+Reading books, playing music, and spending time with friends are some of the things people enjoy.
+The system stores every version of every adapter, so that a change can always be rolled back later.
+A careful engineer measures first, then changes one thing, then measures again to see what it did.
+Thank you for your help! I think that this is the right answer, but let me check it once more.
+"""
