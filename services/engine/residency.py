@@ -8,13 +8,14 @@ A failed load fails the requests waiting for it, with its error; a later request
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 import logging
 import threading
 import time
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Protocol
 
 from mint.adapters import AdapterConfig, load_weights
@@ -93,8 +94,18 @@ class Residency:
         self._failed: dict[str, tuple[float, MintError]] = {}
         self._wanted: dict[str, AdapterSpec] = {}  # to copy into a slot when one is free
         self._failure_ttl = failure_ttl_s
-        self._pool = ThreadPoolExecutor(max_workers=load_concurrency, thread_name_prefix="adapter-load")
         self.on_loaded: list = []  # callbacks (sha256) run after each cold load; the engine wakes its loop
+        # Loads not yet started, by priority: ones a request waits for first, prefetches (waves) after.
+        self._urgent: collections.deque[str] = collections.deque()
+        self._background: collections.deque[str] = collections.deque()
+        self._queued: dict[str, AdapterSpec] = {}
+        self._work = threading.Condition(self._lock)
+        self._closed = False
+        self._workers = [
+            threading.Thread(target=self._loader, name=f"adapter-load-{i}", daemon=True) for i in range(load_concurrency)
+        ]
+        for worker in self._workers:
+            worker.start()
 
     def check(self, spec: AdapterSpec) -> None:
         if spec.rank > self.lora.max_rank:
@@ -115,7 +126,7 @@ class Residency:
             failure = self._failed.get(spec.sha256)
             if failure is not None and time.monotonic() - failure[0] < self._failure_ttl:
                 return Readiness(State.FAILED, error=failure[1])
-            self._start_load(spec)
+            self._start_load(spec, urgent=True)
             return Readiness(State.PENDING)
 
     def install_wanted(self) -> None:
@@ -123,7 +134,10 @@ class Residency:
         with self._lock:
             for sha in list(self._wanted):
                 packed = self.host.get(sha)
-                if sha in self._failed or (packed is None and sha not in self._loading) or packed is not None and (self.slots.slot_of(sha) is not None or self._install(sha, packed)):
+                if packed is None:
+                    if sha in self._failed or sha not in self._loading:
+                        del self._wanted[sha]  # its load failed or was dropped
+                elif self.slots.slot_of(sha) is not None or self._install(sha, packed):
                     del self._wanted[sha]
 
     def _install(self, sha256: str, packed) -> int:
@@ -152,20 +166,43 @@ class Residency:
                 done.set_result(None)
                 return done
             self._failed.pop(spec.sha256, None)
-            return self._start_load(spec)
+            return self._start_load(spec, urgent=False)
 
-    def _start_load(self, spec: AdapterSpec) -> Future:
+    def _start_load(self, spec: AdapterSpec, *, urgent: bool) -> Future:
+        """Queue a load (under the lock); a request waiting for a queued prefetch moves it to the front."""
         future = self._loading.get(spec.sha256)
         if future is None:
-            future = self._pool.submit(self._load, spec)
-            self._loading[spec.sha256] = future
+            future = self._loading[spec.sha256] = Future()
+            self._queued[spec.sha256] = spec
+            (self._urgent if urgent else self._background).append(spec.sha256)
+            self._work.notify()
+        elif urgent and spec.sha256 in self._queued:
+            self._urgent.append(spec.sha256)
         return future
+
+    def _loader(self) -> None:
+        while True:
+            with self._lock:
+                while not self._closed and not self._urgent and not self._background:
+                    self._work.wait()
+                if self._closed:
+                    return
+                sha = (self._urgent or self._background).popleft()
+                spec = self._queued.pop(sha, None)
+                future = self._loading.get(sha)
+            if spec is None or future is None:
+                continue  # started already (it was queued twice) or dropped
+            try:
+                self._load(spec)
+            except MintError as err:
+                future.set_exception(err)
+            else:
+                future.set_result(None)
 
     def _load(self, spec: AdapterSpec) -> None:
         start = time.perf_counter()
         try:
-            if spec.sha256 in self.disk:
-                self.disk.touch(spec.sha256)
+            if self.disk.touch(spec.sha256):
                 path = self.disk.path(spec.sha256)
             else:
                 path = self.disk.write(spec.sha256, self.source.fetch(spec.sha256))
@@ -240,5 +277,7 @@ class Residency:
             }
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            self._closed = True
+            self._work.notify_all()
 

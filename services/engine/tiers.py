@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
@@ -24,10 +25,13 @@ from mint.errors import Code, MintError
 
 
 class DiskCache:
+    """Used by several loader threads at once: bookkeeping is under a lock, file I/O is not."""
+
     def __init__(self, root: str | os.PathLike, budget_bytes: int):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.budget_bytes = budget_bytes
+        self._lock = threading.Lock()
         self._files: OrderedDict[str, int] = OrderedDict()  # sha256 -> bytes, least recently used first
         for path in sorted(self.root.glob("*.safetensors"), key=lambda p: p.stat().st_mtime):
             self._files[path.stem] = path.stat().st_size
@@ -42,8 +46,13 @@ class DiskCache:
     def __len__(self) -> int:
         return len(self._files)
 
-    def touch(self, sha256: str) -> None:
-        self._files.move_to_end(sha256)
+    def touch(self, sha256: str) -> bool:
+        """Mark a cached file recently used; False if it is not (or no longer) cached."""
+        with self._lock:
+            if sha256 not in self._files:
+                return False
+            self._files.move_to_end(sha256)
+            return True
 
     def write(self, sha256: str, chunks: Iterable[bytes]) -> Path:
         """Store a blob, checking its hash; evicts least recently used files to stay within budget."""
@@ -62,9 +71,11 @@ class DiskCache:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        self._files[sha256] = size
-        self.used_bytes += size
-        self._evict(keep=sha256)
+        with self._lock:
+            if sha256 not in self._files:
+                self._files[sha256] = size
+                self.used_bytes += size
+            self._evict(keep=sha256)
         return self.path(sha256)
 
     def _evict(self, keep: str) -> None:
