@@ -21,6 +21,7 @@ import torch
 
 from bench.common import LIGHT_MODULES, MemorySource, copy_bandwidth_gbps, make_base, random_adapter, report
 from mint.adapters import LORA_MODULES
+from mint.runtime import tune_allocator
 from services.engine.config import EngineConfig
 from services.engine.engine import Engine, collect
 from services.engine.sampling import SamplingParams
@@ -71,6 +72,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     preset = "tiny" if args.quick else "smollm2-shape"
+    tune_allocator()  # as `mint serve` and the engine process do
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)

@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from mint.runtime import tune_allocator
+
+    tune_allocator()
     if args.command == "demo":
         from mint.demo import run_demo
 

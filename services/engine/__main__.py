@@ -2,7 +2,9 @@
 
 import logging
 
+from mint.runtime import tune_allocator
 from services.engine.main import serve
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+tune_allocator()
 serve()
