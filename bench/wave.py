@@ -33,7 +33,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, scratch_database() as database:
         workdir = Path(tmp)
         config = make_base(workdir / "base", "tiny")
-        fleet = LocalFleet(workdir, database, workdir / "base", engines=2, engine_env={"MINT_HOST_BUDGET_BYTES": str(2 * 1024**3)})
+        fleet = LocalFleet(workdir, database, workdir / "base", engines=2, engine_env={"MINT_HOST_BUDGET_BYTES": str(2 * 1024**3), "MINT_TORCH_THREADS": "1"})
         try:
             fleet.wait_for_engines(2)
             refs = publish_distinct(fleet, config, count, rank=8, modules=tuple(LORA_MODULES))

@@ -26,41 +26,41 @@ _sym_db = _symbol_database.Default()
 from mint.proto import common_pb2 as mint_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14mint/v1/engine.proto\x12\x07mint.v1\x1a\x14mint/v1/common.proto\"\x99\x01\n\x13\x45ngineSampleRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12$\n\x07\x61\x64\x61pter\x18\x02 \x01(\x0b\x32\x13.mint.v1.AdapterRef\x12\x1f\n\x06prompt\x18\x03 \x01(\x0b\x32\x0f.mint.v1.Prompt\x12\'\n\x06params\x18\x04 \x01(\x0b\x32\x17.mint.v1.SamplingParams\"c\n\x15\x45ngineLogprobsRequest\x12$\n\x07\x61\x64\x61pter\x18\x01 \x01(\x0b\x32\x13.mint.v1.AdapterRef\x12$\n\tsequences\x18\x02 \x03(\x0b\x32\x11.mint.v1.TokenIds\"$\n\x10SequenceLogprobs\x12\x10\n\x08logprobs\x18\x01 \x03(\x02\"@\n\x10LogprobsResponse\x12,\n\tsequences\x18\x01 \x03(\x0b\x32\x19.mint.v1.SequenceLogprobs\"U\n\x12LoadAdapterRequest\x12$\n\x07\x61\x64\x61pter\x18\x01 \x01(\x0b\x32\x13.mint.v1.AdapterRef\x12\x0c\n\x04wait\x18\x02 \x01(\x08\x12\x0b\n\x03pin\x18\x03 \x01(\x08\"%\n\x13\x45victAdapterRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\"3\n\x11PinAdapterRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06pinned\x18\x02 \x01(\x08\"z\n\rAdapterStatus\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x1b\n\x04tier\x18\x03 \x01(\x0e\x32\r.mint.v1.Tier\x12\x0e\n\x06pinned\x18\x04 \x01(\x08\x12\x0c\n\x04slot\x18\x05 \x01(\x05\x12\r\n\x05\x62ytes\x18\x06 \x01(\x03\"+\n\x0fGetStatsRequest\x12\x18\n\x10include_adapters\x18\x01 \x01(\x08\"_\n\tTierStats\x12\x1b\n\x04tier\x18\x01 \x01(\x0e\x32\r.mint.v1.Tier\x12\x10\n\x08\x61\x64\x61pters\x18\x02 \x01(\x05\x12\r\n\x05\x62ytes\x18\x03 \x01(\x03\x12\x14\n\x0c\x62udget_bytes\x18\x04 \x01(\x03\"\xdf\x02\n\x0b\x45ngineStats\x12\x11\n\tengine_id\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12!\n\x05tiers\x18\x03 \x03(\x0b\x32\x12.mint.v1.TierStats\x12\x0f\n\x07running\x18\x04 \x01(\x05\x12\x0f\n\x07waiting\x18\x05 \x01(\x05\x12\x0f\n\x07loading\x18\x06 \x01(\x05\x12\x14\n\x0ctokens_per_s\x18\x07 \x01(\x01\x12\x18\n\x10tokens_generated\x18\x08 \x01(\x03\x12\x19\n\x11requests_finished\x18\t \x01(\x03\x12\x17\n\x0fkv_blocks_total\x18\n \x01(\x03\x12\x16\n\x0ekv_blocks_free\x18\x0b \x01(\x03\x12(\n\x08\x61\x64\x61pters\x18\x0c \x03(\x0b\x32\x16.mint.v1.AdapterStatus\x12\x17\n\x0floads_completed\x18\r \x01(\x03\x12\x14\n\x0cloads_failed\x18\x0e \x01(\x03\"\x15\n\x13GetModelInfoRequest\"\x8e\x01\n\tModelInfo\x12\x12\n\nbase_model\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x12\n\nvocab_size\x18\x03 \x01(\x05\x12\x15\n\rmax_model_len\x18\x04 \x01(\x05\x12\x15\n\rmax_lora_rank\x18\x05 \x01(\x05\x12\x15\n\reos_token_ids\x18\x06 \x03(\x05*l\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\x0f\n\x0bTIER_DEVICE\x10\x01\x12\r\n\tTIER_HOST\x10\x02\x12\r\n\tTIER_DISK\x10\x03\x12\x10\n\x0cTIER_LOADING\x10\x04\x12\r\n\tTIER_NONE\x10\x05\x32\xe7\x03\n\rEngineService\x12>\n\x06Sample\x12\x1c.mint.v1.EngineSampleRequest\x1a\x14.mint.v1.SampleChunk0\x01\x12L\n\x0f\x43omputeLogprobs\x12\x1e.mint.v1.EngineLogprobsRequest\x1a\x19.mint.v1.LogprobsResponse\x12\x42\n\x0bLoadAdapter\x12\x1b.mint.v1.LoadAdapterRequest\x1a\x16.mint.v1.AdapterStatus\x12\x44\n\x0c\x45victAdapter\x12\x1c.mint.v1.EvictAdapterRequest\x1a\x16.mint.v1.AdapterStatus\x12@\n\nPinAdapter\x12\x1a.mint.v1.PinAdapterRequest\x1a\x16.mint.v1.AdapterStatus\x12:\n\x08GetStats\x12\x18.mint.v1.GetStatsRequest\x1a\x14.mint.v1.EngineStats\x12@\n\x0cGetModelInfo\x12\x1c.mint.v1.GetModelInfoRequest\x1a\x12.mint.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14mint/v1/engine.proto\x12\x07mint.v1\x1a\x14mint/v1/common.proto\"\xab\x01\n\x13\x45ngineSampleRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12$\n\x07\x61\x64\x61pter\x18\x02 \x01(\x0b\x32\x13.mint.v1.AdapterRef\x12\x1f\n\x06prompt\x18\x03 \x01(\x0b\x32\x0f.mint.v1.Prompt\x12\'\n\x06params\x18\x04 \x01(\x0b\x32\x17.mint.v1.SamplingParams\x12\x10\n\x08\x62uffered\x18\x05 \x01(\x08\"c\n\x15\x45ngineLogprobsRequest\x12$\n\x07\x61\x64\x61pter\x18\x01 \x01(\x0b\x32\x13.mint.v1.AdapterRef\x12$\n\tsequences\x18\x02 \x03(\x0b\x32\x11.mint.v1.TokenIds\"$\n\x10SequenceLogprobs\x12\x10\n\x08logprobs\x18\x01 \x03(\x02\"@\n\x10LogprobsResponse\x12,\n\tsequences\x18\x01 \x03(\x0b\x32\x19.mint.v1.SequenceLogprobs\"U\n\x12LoadAdapterRequest\x12$\n\x07\x61\x64\x61pter\x18\x01 \x01(\x0b\x32\x13.mint.v1.AdapterRef\x12\x0c\n\x04wait\x18\x02 \x01(\x08\x12\x0b\n\x03pin\x18\x03 \x01(\x08\"%\n\x13\x45victAdapterRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\"3\n\x11PinAdapterRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06pinned\x18\x02 \x01(\x08\"z\n\rAdapterStatus\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x1b\n\x04tier\x18\x03 \x01(\x0e\x32\r.mint.v1.Tier\x12\x0e\n\x06pinned\x18\x04 \x01(\x08\x12\x0c\n\x04slot\x18\x05 \x01(\x05\x12\r\n\x05\x62ytes\x18\x06 \x01(\x03\"+\n\x0fGetStatsRequest\x12\x18\n\x10include_adapters\x18\x01 \x01(\x08\"_\n\tTierStats\x12\x1b\n\x04tier\x18\x01 \x01(\x0e\x32\r.mint.v1.Tier\x12\x10\n\x08\x61\x64\x61pters\x18\x02 \x01(\x05\x12\r\n\x05\x62ytes\x18\x03 \x01(\x03\x12\x14\n\x0c\x62udget_bytes\x18\x04 \x01(\x03\"\xdf\x02\n\x0b\x45ngineStats\x12\x11\n\tengine_id\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12!\n\x05tiers\x18\x03 \x03(\x0b\x32\x12.mint.v1.TierStats\x12\x0f\n\x07running\x18\x04 \x01(\x05\x12\x0f\n\x07waiting\x18\x05 \x01(\x05\x12\x0f\n\x07loading\x18\x06 \x01(\x05\x12\x14\n\x0ctokens_per_s\x18\x07 \x01(\x01\x12\x18\n\x10tokens_generated\x18\x08 \x01(\x03\x12\x19\n\x11requests_finished\x18\t \x01(\x03\x12\x17\n\x0fkv_blocks_total\x18\n \x01(\x03\x12\x16\n\x0ekv_blocks_free\x18\x0b \x01(\x03\x12(\n\x08\x61\x64\x61pters\x18\x0c \x03(\x0b\x32\x16.mint.v1.AdapterStatus\x12\x17\n\x0floads_completed\x18\r \x01(\x03\x12\x14\n\x0cloads_failed\x18\x0e \x01(\x03\"\x15\n\x13GetModelInfoRequest\"\x8e\x01\n\tModelInfo\x12\x12\n\nbase_model\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x12\n\nvocab_size\x18\x03 \x01(\x05\x12\x15\n\rmax_model_len\x18\x04 \x01(\x05\x12\x15\n\rmax_lora_rank\x18\x05 \x01(\x05\x12\x15\n\reos_token_ids\x18\x06 \x03(\x05*l\n\x04Tier\x12\x14\n\x10TIER_UNSPECIFIED\x10\x00\x12\x0f\n\x0bTIER_DEVICE\x10\x01\x12\r\n\tTIER_HOST\x10\x02\x12\r\n\tTIER_DISK\x10\x03\x12\x10\n\x0cTIER_LOADING\x10\x04\x12\r\n\tTIER_NONE\x10\x05\x32\xe7\x03\n\rEngineService\x12>\n\x06Sample\x12\x1c.mint.v1.EngineSampleRequest\x1a\x14.mint.v1.SampleChunk0\x01\x12L\n\x0f\x43omputeLogprobs\x12\x1e.mint.v1.EngineLogprobsRequest\x1a\x19.mint.v1.LogprobsResponse\x12\x42\n\x0bLoadAdapter\x12\x1b.mint.v1.LoadAdapterRequest\x1a\x16.mint.v1.AdapterStatus\x12\x44\n\x0c\x45victAdapter\x12\x1c.mint.v1.EvictAdapterRequest\x1a\x16.mint.v1.AdapterStatus\x12@\n\nPinAdapter\x12\x1a.mint.v1.PinAdapterRequest\x1a\x16.mint.v1.AdapterStatus\x12:\n\x08GetStats\x12\x18.mint.v1.GetStatsRequest\x1a\x14.mint.v1.EngineStats\x12@\n\x0cGetModelInfo\x12\x1c.mint.v1.GetModelInfoRequest\x1a\x12.mint.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mint.v1.engine_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TIER']._serialized_start=1383
-  _globals['_TIER']._serialized_end=1491
+  _globals['_TIER']._serialized_start=1401
+  _globals['_TIER']._serialized_end=1509
   _globals['_ENGINESAMPLEREQUEST']._serialized_start=56
-  _globals['_ENGINESAMPLEREQUEST']._serialized_end=209
-  _globals['_ENGINELOGPROBSREQUEST']._serialized_start=211
-  _globals['_ENGINELOGPROBSREQUEST']._serialized_end=310
-  _globals['_SEQUENCELOGPROBS']._serialized_start=312
-  _globals['_SEQUENCELOGPROBS']._serialized_end=348
-  _globals['_LOGPROBSRESPONSE']._serialized_start=350
-  _globals['_LOGPROBSRESPONSE']._serialized_end=414
-  _globals['_LOADADAPTERREQUEST']._serialized_start=416
-  _globals['_LOADADAPTERREQUEST']._serialized_end=501
-  _globals['_EVICTADAPTERREQUEST']._serialized_start=503
-  _globals['_EVICTADAPTERREQUEST']._serialized_end=540
-  _globals['_PINADAPTERREQUEST']._serialized_start=542
-  _globals['_PINADAPTERREQUEST']._serialized_end=593
-  _globals['_ADAPTERSTATUS']._serialized_start=595
-  _globals['_ADAPTERSTATUS']._serialized_end=717
-  _globals['_GETSTATSREQUEST']._serialized_start=719
-  _globals['_GETSTATSREQUEST']._serialized_end=762
-  _globals['_TIERSTATS']._serialized_start=764
-  _globals['_TIERSTATS']._serialized_end=859
-  _globals['_ENGINESTATS']._serialized_start=862
-  _globals['_ENGINESTATS']._serialized_end=1213
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1215
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1236
-  _globals['_MODELINFO']._serialized_start=1239
-  _globals['_MODELINFO']._serialized_end=1381
-  _globals['_ENGINESERVICE']._serialized_start=1494
-  _globals['_ENGINESERVICE']._serialized_end=1981
+  _globals['_ENGINESAMPLEREQUEST']._serialized_end=227
+  _globals['_ENGINELOGPROBSREQUEST']._serialized_start=229
+  _globals['_ENGINELOGPROBSREQUEST']._serialized_end=328
+  _globals['_SEQUENCELOGPROBS']._serialized_start=330
+  _globals['_SEQUENCELOGPROBS']._serialized_end=366
+  _globals['_LOGPROBSRESPONSE']._serialized_start=368
+  _globals['_LOGPROBSRESPONSE']._serialized_end=432
+  _globals['_LOADADAPTERREQUEST']._serialized_start=434
+  _globals['_LOADADAPTERREQUEST']._serialized_end=519
+  _globals['_EVICTADAPTERREQUEST']._serialized_start=521
+  _globals['_EVICTADAPTERREQUEST']._serialized_end=558
+  _globals['_PINADAPTERREQUEST']._serialized_start=560
+  _globals['_PINADAPTERREQUEST']._serialized_end=611
+  _globals['_ADAPTERSTATUS']._serialized_start=613
+  _globals['_ADAPTERSTATUS']._serialized_end=735
+  _globals['_GETSTATSREQUEST']._serialized_start=737
+  _globals['_GETSTATSREQUEST']._serialized_end=780
+  _globals['_TIERSTATS']._serialized_start=782
+  _globals['_TIERSTATS']._serialized_end=877
+  _globals['_ENGINESTATS']._serialized_start=880
+  _globals['_ENGINESTATS']._serialized_end=1231
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1233
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1254
+  _globals['_MODELINFO']._serialized_start=1257
+  _globals['_MODELINFO']._serialized_end=1399
+  _globals['_ENGINESERVICE']._serialized_start=1512
+  _globals['_ENGINESERVICE']._serialized_end=1999
 # @@protoc_insertion_point(module_scope)

@@ -60,7 +60,10 @@ class EngineSampleRequest(_message.Message):
     ADAPTER_FIELD_NUMBER: _builtins.int
     PROMPT_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
+    BUFFERED_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    buffered: _builtins.bool
+    """one chunk per sample, when it finishes (no token streaming)"""
     @_builtins.property
     def adapter(self) -> _common_pb2.AdapterRef:
         """unset (empty sha256): the base model alone"""
@@ -76,10 +79,11 @@ class EngineSampleRequest(_message.Message):
         adapter: _common_pb2.AdapterRef | None = ...,
         prompt: _common_pb2.Prompt | None = ...,
         params: _common_pb2.SamplingParams | None = ...,
+        buffered: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "params", b"params", "prompt", b"prompt"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "params", b"params", "prompt", b"prompt", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "buffered", b"buffered", "params", b"params", "prompt", b"prompt", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -27,31 +27,31 @@ from mint.proto import common_pb2 as mint_dot_v1_dot_common__pb2
 from mint.proto import engine_pb2 as mint_dot_v1_dot_engine__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15mint/v1/gateway.proto\x12\x07mint.v1\x1a\x14mint/v1/common.proto\x1a\x14mint/v1/engine.proto\"|\n\rSampleRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12\x1f\n\x06prompt\x18\x03 \x01(\x0b\x32\x0f.mint.v1.Prompt\x12\'\n\x06params\x18\x04 \x01(\x0b\x32\x17.mint.v1.SamplingParams\"Z\n\x0fLogprobsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12$\n\tsequences\x18\x03 \x03(\x0b\x32\x11.mint.v1.TokenIds\"1\n\x13\x41\x63tivateWaveRequest\x12\x0c\n\x04refs\x18\x01 \x03(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"W\n\x0fWaveEngineShare\x12\x11\n\tengine_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x64\x61pters\x18\x02 \x01(\x05\x12\r\n\x05\x62ytes\x18\x03 \x01(\x03\x12\x10\n\x08resident\x18\x04 \x01(\x05\"\xa2\x01\n\x04Wave\x12\x0f\n\x07wave_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05total\x18\x03 \x01(\x05\x12\x10\n\x08resident\x18\x04 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x05 \x01(\x05\x12\r\n\x05ready\x18\x06 \x01(\x08\x12)\n\x07\x65ngines\x18\x07 \x03(\x0b\x32\x18.mint.v1.WaveEngineShare\x12\x10\n\x08\x66\x61ilures\x18\x08 \x03(\t\"!\n\x0eGetWaveRequest\x12\x0f\n\x07wave_id\x18\x01 \x01(\t\"\x14\n\x12ListEnginesRequest\"\x90\x01\n\nEngineInfo\x12\x11\n\tengine_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x12\n\nbase_model\x18\x03 \x01(\t\x12\x14\n\x0c\x64\x65vice_bytes\x18\x04 \x01(\x03\x12\x12\n\nhost_bytes\x18\x05 \x01(\x03\x12\x12\n\ndisk_bytes\x18\x06 \x01(\x03\x12\x0c\n\x04load\x18\x07 \x01(\x01\";\n\x13ListEnginesResponse\x12$\n\x07\x65ngines\x18\x01 \x03(\x0b\x32\x13.mint.v1.EngineInfo2\xcd\x02\n\x0fSamplingService\x12\x38\n\x06Sample\x12\x16.mint.v1.SampleRequest\x1a\x14.mint.v1.SampleChunk0\x01\x12\x46\n\x0f\x43omputeLogprobs\x12\x18.mint.v1.LogprobsRequest\x1a\x19.mint.v1.LogprobsResponse\x12;\n\x0c\x41\x63tivateWave\x12\x1c.mint.v1.ActivateWaveRequest\x1a\r.mint.v1.Wave\x12\x31\n\x07GetWave\x12\x17.mint.v1.GetWaveRequest\x1a\r.mint.v1.Wave\x12H\n\x0bListEngines\x12\x1b.mint.v1.ListEnginesRequest\x1a\x1c.mint.v1.ListEnginesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15mint/v1/gateway.proto\x12\x07mint.v1\x1a\x14mint/v1/common.proto\x1a\x14mint/v1/engine.proto\"\x8e\x01\n\rSampleRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12\x1f\n\x06prompt\x18\x03 \x01(\x0b\x32\x0f.mint.v1.Prompt\x12\'\n\x06params\x18\x04 \x01(\x0b\x32\x17.mint.v1.SamplingParams\x12\x10\n\x08\x62uffered\x18\x05 \x01(\x08\"Z\n\x0fLogprobsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12$\n\tsequences\x18\x03 \x03(\x0b\x32\x11.mint.v1.TokenIds\"1\n\x13\x41\x63tivateWaveRequest\x12\x0c\n\x04refs\x18\x01 \x03(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"W\n\x0fWaveEngineShare\x12\x11\n\tengine_id\x18\x01 \x01(\t\x12\x10\n\x08\x61\x64\x61pters\x18\x02 \x01(\x05\x12\r\n\x05\x62ytes\x18\x03 \x01(\x03\x12\x10\n\x08resident\x18\x04 \x01(\x05\"\xa2\x01\n\x04Wave\x12\x0f\n\x07wave_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05total\x18\x03 \x01(\x05\x12\x10\n\x08resident\x18\x04 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x05 \x01(\x05\x12\r\n\x05ready\x18\x06 \x01(\x08\x12)\n\x07\x65ngines\x18\x07 \x03(\x0b\x32\x18.mint.v1.WaveEngineShare\x12\x10\n\x08\x66\x61ilures\x18\x08 \x03(\t\"!\n\x0eGetWaveRequest\x12\x0f\n\x07wave_id\x18\x01 \x01(\t\"\x14\n\x12ListEnginesRequest\"\x90\x01\n\nEngineInfo\x12\x11\n\tengine_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x12\n\nbase_model\x18\x03 \x01(\t\x12\x14\n\x0c\x64\x65vice_bytes\x18\x04 \x01(\x03\x12\x12\n\nhost_bytes\x18\x05 \x01(\x03\x12\x12\n\ndisk_bytes\x18\x06 \x01(\x03\x12\x0c\n\x04load\x18\x07 \x01(\x01\";\n\x13ListEnginesResponse\x12$\n\x07\x65ngines\x18\x01 \x03(\x0b\x32\x13.mint.v1.EngineInfo2\xcd\x02\n\x0fSamplingService\x12\x38\n\x06Sample\x12\x16.mint.v1.SampleRequest\x1a\x14.mint.v1.SampleChunk0\x01\x12\x46\n\x0f\x43omputeLogprobs\x12\x18.mint.v1.LogprobsRequest\x1a\x19.mint.v1.LogprobsResponse\x12;\n\x0c\x41\x63tivateWave\x12\x1c.mint.v1.ActivateWaveRequest\x1a\r.mint.v1.Wave\x12\x31\n\x07GetWave\x12\x17.mint.v1.GetWaveRequest\x1a\r.mint.v1.Wave\x12H\n\x0bListEngines\x12\x1b.mint.v1.ListEnginesRequest\x1a\x1c.mint.v1.ListEnginesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mint.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SAMPLEREQUEST']._serialized_start=78
-  _globals['_SAMPLEREQUEST']._serialized_end=202
-  _globals['_LOGPROBSREQUEST']._serialized_start=204
-  _globals['_LOGPROBSREQUEST']._serialized_end=294
-  _globals['_ACTIVATEWAVEREQUEST']._serialized_start=296
-  _globals['_ACTIVATEWAVEREQUEST']._serialized_end=345
-  _globals['_WAVEENGINESHARE']._serialized_start=347
-  _globals['_WAVEENGINESHARE']._serialized_end=434
-  _globals['_WAVE']._serialized_start=437
-  _globals['_WAVE']._serialized_end=599
-  _globals['_GETWAVEREQUEST']._serialized_start=601
-  _globals['_GETWAVEREQUEST']._serialized_end=634
-  _globals['_LISTENGINESREQUEST']._serialized_start=636
-  _globals['_LISTENGINESREQUEST']._serialized_end=656
-  _globals['_ENGINEINFO']._serialized_start=659
-  _globals['_ENGINEINFO']._serialized_end=803
-  _globals['_LISTENGINESRESPONSE']._serialized_start=805
-  _globals['_LISTENGINESRESPONSE']._serialized_end=864
-  _globals['_SAMPLINGSERVICE']._serialized_start=867
-  _globals['_SAMPLINGSERVICE']._serialized_end=1200
+  _globals['_SAMPLEREQUEST']._serialized_start=79
+  _globals['_SAMPLEREQUEST']._serialized_end=221
+  _globals['_LOGPROBSREQUEST']._serialized_start=223
+  _globals['_LOGPROBSREQUEST']._serialized_end=313
+  _globals['_ACTIVATEWAVEREQUEST']._serialized_start=315
+  _globals['_ACTIVATEWAVEREQUEST']._serialized_end=364
+  _globals['_WAVEENGINESHARE']._serialized_start=366
+  _globals['_WAVEENGINESHARE']._serialized_end=453
+  _globals['_WAVE']._serialized_start=456
+  _globals['_WAVE']._serialized_end=618
+  _globals['_GETWAVEREQUEST']._serialized_start=620
+  _globals['_GETWAVEREQUEST']._serialized_end=653
+  _globals['_LISTENGINESREQUEST']._serialized_start=655
+  _globals['_LISTENGINESREQUEST']._serialized_end=675
+  _globals['_ENGINEINFO']._serialized_start=678
+  _globals['_ENGINEINFO']._serialized_end=822
+  _globals['_LISTENGINESRESPONSE']._serialized_start=824
+  _globals['_LISTENGINESRESPONSE']._serialized_end=883
+  _globals['_SAMPLINGSERVICE']._serialized_start=886
+  _globals['_SAMPLINGSERVICE']._serialized_end=1219
 # @@protoc_insertion_point(module_scope)

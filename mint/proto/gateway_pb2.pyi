@@ -30,8 +30,11 @@ class SampleRequest(_message.Message):
     BASE_MODEL_FIELD_NUMBER: _builtins.int
     PROMPT_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
+    BUFFERED_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     base_model: _builtins.str
+    buffered: _builtins.bool
+    """one chunk per sample, when it finishes (no token streaming)"""
     @_builtins.property
     def prompt(self) -> _common_pb2.Prompt: ...
     @_builtins.property
@@ -43,10 +46,11 @@ class SampleRequest(_message.Message):
         base_model: _builtins.str = ...,
         prompt: _common_pb2.Prompt | None = ...,
         params: _common_pb2.SamplingParams | None = ...,
+        buffered: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params", "prompt", b"prompt"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_model", b"base_model", "model", b"model", "params", b"params", "prompt", b"prompt"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_model", b"base_model", "buffered", b"buffered", "model", b"model", "params", b"params", "prompt", b"prompt"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

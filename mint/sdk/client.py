@@ -175,7 +175,7 @@ class SamplingClient:
     ) -> SampleResponse:
         request = gateway_pb2.SampleRequest(
             model=self.model, base_model=self.base_model, prompt=prompt_proto(prompt),
-            params=(sampling_params or SamplingParams()).to_proto(num_samples),
+            params=(sampling_params or SamplingParams()).to_proto(num_samples), buffered=True,  # returned whole anyway
         )
         for attempt in range(self.RETRIES + 1):
             try:

@@ -31,9 +31,11 @@ class PagedAttention:
     def __init__(self, cache: KVCache, spans: list[SeqSpan]):
         self.cache = cache
         device = cache.k.device
+        size = cache.block_size
         slots: list[int] = []
         for span in spans:
-            slots += cache.slots(span.blocks, span.ctx_len - span.q_len, span.ctx_len)
+            blocks = span.blocks
+            slots += [blocks[p // size] * size + p % size for p in range(span.ctx_len - span.q_len, span.ctx_len)]
         self.slot_mapping = torch.tensor(slots, dtype=torch.long, device=device)
         singles = [s for s in spans if s.q_len == 1]
         self.chunks = [s for s in spans if s.q_len > 1]
@@ -42,14 +44,14 @@ class PagedAttention:
             rows = [s.q_start for s in singles]
             self.all_single = rows == list(range(len(spans))) and not self.chunks
             self.single_rows = torch.tensor(rows, dtype=torch.long, device=device)
+            # Each row's context as cache slots, padded to the longest: block table -> slot indices.
             longest = max(s.ctx_len for s in singles)
-            index = torch.zeros(len(singles), longest, dtype=torch.long)
-            mask = torch.zeros(len(singles), longest, dtype=torch.bool)
-            for i, s in enumerate(singles):
-                index[i, : s.ctx_len] = torch.tensor(cache.slots(s.blocks, 0, s.ctx_len))
-                mask[i, : s.ctx_len] = True
-            self.single_index = index.to(device)
-            self.single_mask = mask.view(len(singles), 1, 1, longest).to(device)
+            width = -(-longest // size)
+            table = torch.tensor([s.blocks[:width] + [0] * (width - len(s.blocks[:width])) for s in singles], dtype=torch.long)
+            positions = torch.arange(longest)
+            self.single_index = (table[:, positions // size] * size + positions % size).to(device)
+            lengths = torch.tensor([s.ctx_len for s in singles])
+            self.single_mask = (positions < lengths.unsqueeze(1)).view(len(singles), 1, 1, longest).to(device)
         self.chunk_context = {
             id(s): torch.tensor(cache.slots(s.blocks, 0, s.ctx_len), dtype=torch.long, device=device)
             for s in self.chunks

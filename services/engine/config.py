@@ -36,6 +36,7 @@ class EngineConfig:
     redis_url: str = ""                 # the fleet scheduler; empty: not registered anywhere
     redis_prefix: str = "mint:"
     heartbeat_s: float = 1.0
+    torch_threads: int = 0              # intra-op threads of this process; 0: torch's default (all cores)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -64,6 +65,7 @@ class EngineConfig:
             "redis_url": ("MINT_REDIS_URL", str),
             "redis_prefix": ("MINT_REDIS_PREFIX", str),
             "heartbeat_s": ("MINT_HEARTBEAT_S", float),
+            "torch_threads": ("MINT_TORCH_THREADS", int),
         }
         values = {field: kind(env[var]) for field, (var, kind) in names.items() if var in env}
         return cls(**{**values, **overrides})

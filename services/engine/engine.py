@@ -114,13 +114,15 @@ class Engine:
         self.residency.check(spec)
         return spec
 
-    def sample(self, adapter: AdapterSpec | None, prompt: list[int], params: SamplingParams, request_id: str = "") -> Request:
+    def sample(
+        self, adapter: AdapterSpec | None, prompt: list[int], params: SamplingParams, request_id: str = "", *, buffered: bool = False
+    ) -> Request:
         """Start generating; read `request.events` (SampleEvent…, then None) or call `collect`."""
         self._check_prompt(prompt, params.max_tokens)
         blocks_per_sample = math.ceil((len(prompt) + params.max_tokens) / self.cache.block_size)
         if blocks_per_sample * params.n > self.cache.num_blocks:
             raise MintError(Code.RESOURCE_EXHAUSTED, f"{params.n} samples of {len(prompt)} + {params.max_tokens} tokens do not fit this engine's KV cache")
-        request = Request(RequestKind.SAMPLE, prompt, adapter, params, request_id)
+        request = Request(RequestKind.SAMPLE, prompt, adapter, params, request_id, buffered)
         request.seqs.append(Seq(request, 0, list(prompt), make_generator(params, 0, self.device)))
         return self._submit(request)
 
@@ -264,6 +266,8 @@ class Engine:
             self._generated.popleft()
         for request in touched.values():
             for seq in request.seqs:
+                if request.buffered and seq.finish is None:
+                    continue
                 event = take_event(seq, self.tokenizer, first=seq.emitted_tokens == 0)
                 if event is not None:
                     request.events.put(event)

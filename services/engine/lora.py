@@ -17,15 +17,20 @@ from mint.models.transformer import Transformer
 
 
 class LoRABatch:
-    """State shared by every LoRA layer: per-slot rank and scale, and this step's token→slot metadata."""
+    """State shared by every LoRA layer: per-slot scale, per-slot rank of each projection, and this step's
+    token->slot metadata.
 
-    def __init__(self, num_slots: int, device: torch.device):
-        self.slot_ranks = torch.zeros(num_slots + 1, dtype=torch.int64, device=device)
+    Ranks are kept per projection (shared by all layers): an adapter that does not target a projection has
+    rank 0 there, so the ops skip it instead of multiplying zeros (q,k,v,o adapters cost nothing in the MLP).
+    """
+
+    def __init__(self, num_slots: int, paths: list[str], device: torch.device):
+        self.ranks = {path: torch.zeros(num_slots + 1, dtype=torch.int64, device=device) for path in paths}
         self.scale = torch.zeros(num_slots + 1, dtype=torch.float32, device=device)
         self.meta: LoRAMeta | None = None
 
     def set_tokens(self, token_slots: torch.Tensor) -> None:
-        self.meta = LoRAMeta.build(token_slots, self.slot_ranks)
+        self.meta = LoRAMeta.build(token_slots)
 
 
 class LoRALinear(nn.Module):
@@ -33,6 +38,7 @@ class LoRALinear(nn.Module):
         super().__init__()
         self.base = base
         self.batch = batch
+        self.slot_ranks = batch.ranks[target.path]
         self.offsets = target.offsets
         w = base.weight
         # Slot 0 stays zero: it is "no adapter".
@@ -48,8 +54,8 @@ class LoRALinear(nn.Module):
         meta = self.batch.meta
         if meta is None or meta.no_lora:
             return out
-        y = lora_shrink(x, self.lora_a, meta, self.batch.slot_ranks)
-        lora_expand(y, self.lora_b, self.offsets, meta, self.batch.slot_ranks, self.batch.scale, out)
+        y = lora_shrink(x, self.lora_a, meta, self.slot_ranks)
+        lora_expand(y, self.lora_b, self.offsets, meta, self.slot_ranks, self.batch.scale, out)
         return out
 
     def set_slot(self, slot: int, a: torch.Tensor, b: torch.Tensor, previous_rank: int) -> None:
@@ -79,12 +85,12 @@ class LoRAModel:
         self.num_slots = num_slots
         self.max_rank = max_rank
         device = model.embed_tokens.weight.device
-        self.batch = LoRABatch(num_slots, device)
-        self._slot_rank = [0] * (num_slots + 1)
+        self.targets = lora_targets(model.config)
+        self.batch = LoRABatch(num_slots, [t.path for t in self.targets], device)
         self.layers: list[dict[str, LoRALinear]] = []
         for layer in model.layers:
             wrapped = {}
-            for target in lora_targets(model.config):
+            for target in self.targets:
                 parent_name, _, attr = target.path.rpartition(".")
                 parent = layer.get_submodule(parent_name)
                 lora = LoRALinear(getattr(parent, attr), target, self.batch, num_slots, max_rank)
@@ -99,24 +105,24 @@ class LoRAModel:
     def set_slot(self, slot: int, adapter: PackedAdapter) -> None:
         assert 1 <= slot <= self.num_slots, slot
         assert adapter.rank <= self.max_rank, (adapter.rank, self.max_rank)
-        previous = self._slot_rank[slot]
-        for layer, packed in zip(self.layers, adapter.layers, strict=True):
-            for path, lora in layer.items():
-                pair = packed.get(path)
-                if pair is None:
-                    lora.clear_slot(slot)
-                else:
-                    lora.set_slot(slot, pair[0], pair[1], previous)
-        self._slot_rank[slot] = adapter.rank
-        self.batch.slot_ranks[slot] = adapter.rank
+        targeted = adapter.layers[0].keys()
+        for path, ranks in self.batch.ranks.items():
+            previous = int(ranks[slot])  # what the slot's last occupant left in this projection
+            for layer, packed in zip(self.layers, adapter.layers, strict=True):
+                if path in targeted:
+                    a, b = packed[path]
+                    layer[path].set_slot(slot, a, b, previous)
+                elif previous:
+                    layer[path].clear_slot(slot)
+            ranks[slot] = adapter.rank if path in targeted else 0
         self.batch.scale[slot] = adapter.scale
 
     def clear_slot(self, slot: int) -> None:
-        for layer in self.layers:
-            for lora in layer.values():
-                lora.clear_slot(slot)
-        self._slot_rank[slot] = 0
-        self.batch.slot_ranks[slot] = 0
+        for path, ranks in self.batch.ranks.items():
+            if int(ranks[slot]):
+                for layer in self.layers:
+                    layer[path].clear_slot(slot)
+            ranks[slot] = 0
         self.batch.scale[slot] = 0.0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+import torch
 
 from mint.auth import Role
 from mint.proto import engine_pb2, engine_pb2_grpc
@@ -34,6 +35,10 @@ def create_server(config: EngineConfig, engine: Engine) -> tuple[grpc.Server, in
 
 def serve(config: EngineConfig | None = None) -> None:
     config = config or EngineConfig.from_env()
+    if config.torch_threads:
+        # On a host shared with other busy processes, fewer threads than cores avoids OpenMP workers
+        # spinning at barriers while the OS runs someone else.
+        torch.set_num_threads(config.torch_threads)
     engine = open_engine(config)
     server, port = create_server(config, engine)
     agent = None

@@ -91,8 +91,10 @@ class Request:
         adapter: AdapterSpec | None,
         params: SamplingParams | None,
         request_id: str = "",
+        buffered: bool = False,
     ):
         self.kind = kind
+        self.buffered = buffered  # report each sample once, finished, instead of token by token
         self.request_id = request_id or f"req-{next(_ids)}"
         self.prompt = prompt
         self.adapter = adapter

@@ -55,7 +55,7 @@ def chunk_pb(event: SampleEvent) -> common_pb2.SampleChunk:
 def start_sample(engine: Engine, request: engine_pb2.EngineSampleRequest) -> Request:
     spec = engine.spec(request.adapter if request.HasField("adapter") else None)
     params = SamplingParams.from_proto(request.params, max_model_len=engine.max_model_len, vocab_size=engine.model_config.vocab_size)
-    return engine.sample(spec, prompt_ids(engine, request.prompt), params, request.request_id)
+    return engine.sample(spec, prompt_ids(engine, request.prompt), params, request.request_id, buffered=request.buffered)
 
 
 def stream_chunks(handle: Request) -> Iterator[common_pb2.SampleChunk]:

@@ -31,7 +31,7 @@ class SamplingServicer(gateway_pb2_grpc.SamplingServiceServicer):
     def Sample(self, request, context):
         adapter, base = self._target(request.model, request.base_model, context)
         engine_request = engine_pb2.EngineSampleRequest(
-            request_id=uuid.uuid4().hex, adapter=adapter, prompt=request.prompt, params=request.params
+            request_id=uuid.uuid4().hex, adapter=adapter, prompt=request.prompt, params=request.params, buffered=request.buffered
         )
         tried: set[str] = set()
         while True:

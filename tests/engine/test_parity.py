@@ -13,7 +13,13 @@ from services.engine.engine import collect
 from services.engine.sampling import SamplingParams
 from tests.engine.conftest import publish, random_adapter, wait_resident
 
-ADAPTERS = [dict(rank=1), dict(rank=8), dict(rank=64), dict(rank=16, use_rslora=True, alpha=8)]
+ADAPTERS = [
+    dict(rank=1),
+    dict(rank=8),
+    dict(rank=64),
+    dict(rank=16, use_rslora=True, alpha=8),
+    dict(rank=4, modules=("q_proj", "v_proj", "down_proj")),  # a projection partly targeted, others not at all
+]
 PROMPTS = [[5, 17, 42, 99, 7, 300, 12], [9, 8, 7, 6, 5, 4, 3, 2, 1, 10, 11, 12, 13], [400, 401]]
 
 

@@ -143,3 +143,17 @@ def test_adapter_rank_above_the_engine_limit_is_refused(tiny_base_dir, make_engi
     spec = publish(source, random_adapter(engine.model_config, rank=16, seed=5), "t/big@1")
     with pytest.raises(MintError, match="ranks up to 8"):
         engine.residency.check(spec)
+
+
+def test_buffered_requests_report_each_sample_once_finished(tiny_base_dir, make_engine):
+    engine = make_engine(tiny_base_dir)
+    params = SamplingParams(max_tokens=6, temperature=0.0, n=2, ignore_eos=True, logprobs=True)
+    streamed = collect(engine.sample(None, PROMPT, params), 30)
+    request = engine.sample(None, PROMPT, params, buffered=True)
+    events = []
+    while (item := request.events.get(timeout=30)) is not None:
+        events.append(item)
+    assert sorted(e.index for e in events) == [0, 1]
+    for event in events:
+        assert event.finish is Finish.LENGTH and event.prompt_tokens == len(PROMPT)
+        assert event.token_ids == streamed[event.index].token_ids and len(event.logprobs) == 6
