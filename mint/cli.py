@@ -5,6 +5,7 @@
     mint serve catalog|gateway|engine|trainer   one service, configured from MINT_* variables
     mint base init --arch llama --preset tiny DIR
     mint base import FILE.gguf DIR
+    mint base register DIR                      make a base known to a catalog
     mint train sft|grpo ...                     recipes against a server (--address) or an embedded one
 """
 
@@ -40,6 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     imp = base_commands.add_parser("import", help="a GGUF file as a Hugging Face directory")
     imp.add_argument("gguf")
     imp.add_argument("dir")
+    register = base_commands.add_parser("register", help="register a base directory with a catalog (admin key)")
+    register.add_argument("dir")
+    register.add_argument("--name", default="", help="default: the directory's name")
+    register.add_argument("--address", help="the catalog or gateway (default: $MINT_ADDRESS)")
+    register.add_argument("--api-key", help="an admin key (default: $MINT_API_KEY)")
 
     train = commands.add_parser("train", help="run a training recipe")
     recipes = train.add_subparsers(dest="recipe", required=True)
@@ -113,6 +119,17 @@ def _serve(args) -> int:
 
 
 def _base(args) -> int:
+    if args.base_command == "register":
+        import os
+
+        from mint.sdk import CatalogClient
+        from mint.server import channel
+
+        address = args.address or os.environ.get("MINT_ADDRESS", "127.0.0.1:50050")
+        client = CatalogClient(channel(address), args.api_key or os.environ.get("MINT_API_KEY", ""))
+        model = client.register_base_dir(args.dir, args.name)
+        print(f"registered base model {model.name} ({model.architecture}, {model.num_layers} layers) at {address}")
+        return 0
     if args.base_command == "init":
         from mint.models.presets import init_base
 

@@ -8,7 +8,6 @@ fleet. The data directory keeps the catalog, blobs, engine cache, trainer states
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import grpc
 
 from mint import auth
 from mint.errors import Code, MintError
-from mint.models.loading import read_config, weights_sha256
+from mint.models.loading import base_description
 from services.catalog import convert
 from services.catalog.catalog import Catalog, StoreAuthenticator
 from services.catalog.config import CatalogConfig
@@ -138,16 +137,8 @@ class EmbeddedStack:
         return catalog_pb2.ResolveResponse(revision=convert.revision_pb(revision), adapter=convert.adapter_ref(revision))
 
     def _register_base(self) -> None:
-        config = read_config(Path(self.config.model_path))
         with auth.acting(auth.Principal(tenant=TENANT, key_id="embedded", role=auth.Role.ADMIN)):
-            self.catalog.register_base_model(
-                name=self.base_model,
-                architecture=config.architecture,
-                config=json.loads(json.dumps(config.to_hf())),
-                weights_sha256=weights_sha256(self.config.model_path),
-                module_shapes=config.module_shapes(),
-                num_layers=config.num_layers,
-            )
+            self.catalog.register_base_model(name=self.base_model, **base_description(self.config.model_path))
 
 
 def _build(services, address: str, authenticator) -> tuple[grpc.Server, int]:

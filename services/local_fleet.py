@@ -16,7 +16,6 @@ from pathlib import Path
 import redis
 
 from mint import auth
-from mint.models.loading import read_config, weights_sha256
 from mint.procs import ServiceProcess
 from mint.sdk import CatalogClient, ServiceClient
 from mint.server import channel
@@ -92,11 +91,7 @@ class LocalFleet:
         self.admin.create_tenant(TENANT)
         self.member_key = self.admin.create_api_key(TENANT, "member", "member")
         self.service_key = self.admin.create_api_key("admin", "fleet", "service")
-        config = read_config(self.base_dir)
-        self.admin.register_base_model(
-            BASE_MODEL, architecture=config.architecture, config=config.to_hf(), weights_sha256=weights_sha256(self.base_dir),
-            module_shapes=config.module_shapes(), num_layers=config.num_layers,
-        )
+        self.admin.register_base_dir(self.base_dir, BASE_MODEL)
         self.engines = [self.start_engine(i) for i in range(engines)]
         self.gateway = ServiceProcess(
             ["-m", "services.gateway"],

@@ -259,3 +259,15 @@ def _read_safetensors_header(file: Path) -> tuple[dict, int]:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise MintError(Code.DATA_LOSS, f"{file} has a corrupt safetensors header: {e}") from e
     return header, 8 + size
+
+
+def base_description(path: str | Path) -> dict:
+    """What the catalog records about a base model directory (RegisterBaseModel's fields but the name)."""
+    config = read_config(Path(path))
+    return {
+        "architecture": config.architecture,
+        "config": config.to_hf(),
+        "weights_sha256": weights_sha256(path),
+        "module_shapes": config.module_shapes(),
+        "num_layers": config.num_layers,
+    }

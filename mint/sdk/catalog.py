@@ -84,6 +84,12 @@ class CatalogClient:
         )
         return self._call("RegisterBaseModel", request)
 
+    def register_base_dir(self, path: str | os.PathLike, name: str = "") -> pb.BaseModel:
+        """Register a Hugging Face model directory as a base model (idempotent for the same weights)."""
+        from mint.models.loading import base_description
+
+        return self.register_base_model(name or Path(path).name, **base_description(path))
+
     def get_base_model(self, name: str) -> pb.BaseModel:
         return self._call("GetBaseModel", pb.GetBaseModelRequest(name=name))
 

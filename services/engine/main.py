@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 import grpc
 import torch
 
 from mint.auth import Role
+from mint.errors import MintError
 from mint.proto import engine_pb2, engine_pb2_grpc
+from mint.sdk.catalog import CatalogClient
 from mint.server import RemoteAuthenticator, Service, build_server, channel, run_until_signalled
 from services.engine.config import EngineConfig
 from services.engine.engine import Engine
@@ -15,14 +19,22 @@ from services.engine.servicer import EngineServicer
 from services.engine.sources import CatalogBlobSource
 from services.scheduler import open_scheduler
 
+log = logging.getLogger(__name__)
+
 
 def engine_service(engine: Engine) -> Service:
     return Service(engine_pb2.DESCRIPTOR.services_by_name["EngineService"], EngineServicer(engine), engine_pb2_grpc.add_EngineServiceServicer_to_server)
 
 
 def open_engine(config: EngineConfig) -> Engine:
-    """An engine that fetches adapters from the catalog at config.catalog_address."""
-    return Engine(config, CatalogBlobSource(channel(config.catalog_address), config.api_key)).start()
+    """An engine that fetches adapters from the catalog at config.catalog_address, and registers its base
+    model there when its key may (an admin key; otherwise an operator runs `mint base register`)."""
+    engine = Engine(config, CatalogBlobSource(channel(config.catalog_address), config.api_key))
+    try:
+        CatalogClient(channel(config.catalog_address), config.api_key).register_base_dir(config.model_path, engine.base_model)
+    except MintError as err:
+        log.warning("base model %s not registered by this engine: %s", engine.base_model, err)
+    return engine.start()
 
 
 def create_server(config: EngineConfig, engine: Engine) -> tuple[grpc.Server, int]:

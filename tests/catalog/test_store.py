@@ -282,3 +282,23 @@ def test_publishing_an_idempotency_key_twice_returns_the_first_revision(store):
     other = publish(store, i=3, idempotency_key="step-20")
     assert (first.number, again.number, again.sha256, other.number) == (1, 1, sha(1), 2)
     assert store.policies.get("acme", "bot").head_number == 2
+
+
+def test_the_lineage_query_in_docs_audit_md_walks_the_parent_chain(store):
+    store.policies.create("acme", "bot", base_model="tiny", actor=ACTOR)
+    publish(store, i=0)
+    publish(store, i=1, parent_number=1)
+    publish(store, i=2)  # a fresh start: no parent
+    publish(store, i=3, parent_number=2)
+    query = """
+        WITH RECURSIVE chain AS (
+            SELECT policy_id, policy, number, parent_number, 0 AS depth
+            FROM revision_lineage WHERE policy = 'acme/bot' AND number = 4
+          UNION ALL
+            SELECT r.policy_id, r.policy, r.number, r.parent_number, c.depth + 1
+            FROM revision_lineage r JOIN chain c ON r.policy_id = c.policy_id AND r.number = c.parent_number
+        )
+        SELECT depth, number FROM chain ORDER BY depth
+    """
+    with store.db.read() as conn:
+        assert [tuple(r) for r in conn.execute(text(query))] == [(0, 4), (1, 2), (2, 1)]
