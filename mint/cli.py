@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     sft.add_argument("--batch-size", type=int, default=4)
     sft.add_argument("--publish-every", type=int, default=0)
     grpo = recipes.choices["grpo"]
-    grpo.add_argument("--task", default="lowercase", help="a built-in RL task (lowercase, arithmetic)")
+    grpo.add_argument("--task", default="brevity", help="a built-in RL task (brevity, arithmetic)")
     grpo.add_argument("--reward", default="", help="a registered reward function (default: the task's)")
     grpo.add_argument("--prompts", type=int, default=4)
     grpo.add_argument("--group-size", type=int, default=4)

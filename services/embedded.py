@@ -104,15 +104,17 @@ class EmbeddedStack:
         self.trainer = Trainer(dataclasses.replace(trainer_config, **config.trainer), publisher)
         resolver = ResolveCache(self._resolve)
         self.catalog.policy_listeners.append(resolver.invalidate)
+        trainer_servicer = TrainerServicer(self.trainer, publisher.ensure_policy)
         self.server, self.port = _build(
             [
                 catalog_service(self.catalog),
                 sampling_service(SamplingServicer(resolver, self.scheduler, engines)),
-                trainer_service(TrainerServicer(self.trainer, publisher.ensure_policy)),
+                trainer_service(trainer_servicer),
             ],
             config.address,
             StoreAuthenticator(self.catalog.store),
         )
+        trainer_servicer.gateway_address = self.address  # recipe jobs call this process's own public API
 
     @property
     def address(self) -> str:

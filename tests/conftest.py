@@ -6,8 +6,14 @@ import os
 import uuid
 
 import pytest
+import torch
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+
+# Triton reads this once, when kernels are defined: without a GPU the kernel tests run Triton's interpreter
+# on CPU tensors, and another test area may define the kernels first.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 TEST_DATABASE_URL = os.environ.get("MINT_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 TEST_REDIS_URL = os.environ.get("MINT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -4,7 +4,7 @@ trainer hands the engine only the adapter (publish, then sample by address), nev
     publish the current weights; sampler = that revision
     for step in range(steps):
         prompts = task problems; for each, G samples from the sampler (with logprobs)
-        rewards; advantages = reward - group mean (optionally / group std)
+        rewards; advantages = reward - group mean (optionally / group std), spread over each answer's tokens
         optional k3 KL to the base (the base is slot 0 on the engine: scored without a reference copy)
         forward_backward(ppo, clip = [1 - eps, 1 + eps_high]); optim_step; publish -> next sampler
 """
@@ -28,7 +28,7 @@ from mint.sdk import AdamParams, SamplingParams, ServiceClient, TrainingClient, 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class GRPOConfig:
-    task: str = "lowercase"
+    task: str = "brevity"
     reward_fn: str = ""  # default: the task's own
     steps: int = 10
     prompts_per_step: int = 4
@@ -96,13 +96,17 @@ def run_grpo(
                 if not sample.tokens:
                     continue
                 generated += len(sample.tokens)
-                per_token = [advantage] * len(sample.tokens)
+                # GRPO's objective averages each sample's tokens, then the samples: long answers do not
+                # outweigh short ones just by having more tokens.
+                weight = 1.0 / (len(sample.tokens) * len(problems) * config.group_size)
+                per_token = [advantage * weight] * len(sample.tokens)
                 if ref is not None:
                     # k3 = exp(ref - logp) - (ref - logp) - 1; its gradient in logp, folded into the advantages.
                     ref_lp = ref[i][len(prompt) - 1 :]
-                    deltas = [r - lp for r, lp in zip(ref_lp, sample.logprobs, strict=True)]
+                    # Clamped: one token the base finds far likelier must not swamp the reward signal.
+                    deltas = [max(-10.0, min(10.0, r - lp)) for r, lp in zip(ref_lp, sample.logprobs, strict=True)]
                     kls += [math.exp(d) - d - 1 for d in deltas]
-                    per_token = [a - config.kl_coef * (1 - math.exp(d)) for a, d in zip(per_token, deltas, strict=True)]
+                    per_token = [a - weight * config.kl_coef * (1 - math.exp(d)) for a, d in zip(per_token, deltas, strict=True)]
                 data.append(next_token_datum(prompt, sample.tokens, logprobs=sample.logprobs, advantages=per_token))
         metrics = {"reward_mean": statistics.fmean(rewards), "reward_std": statistics.pstdev(rewards), "kl": statistics.fmean(kls) if kls else 0.0}
         if data:

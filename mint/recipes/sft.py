@@ -45,6 +45,19 @@ def learning_rate(step: int, config: SFTConfig) -> float:
     return config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def batch_indices(step: int, config: SFTConfig, num_examples: int) -> list[int]:
+    """The examples of a step: epochs of a seeded shuffle, a pure function of the step, so a run resumed
+    at step k sees exactly the batches the original run would have."""
+    size = min(config.batch_size, num_examples)
+    out = []
+    for position in range(step * size, (step + 1) * size):
+        epoch, index = divmod(position, num_examples)
+        order = list(range(num_examples))
+        random.Random(config.seed * 1_000_003 + epoch).shuffle(order)
+        out.append(order[index])
+    return out
+
+
 def sft_data(tokenizer: Tokenizer, examples: Sequence[Example]) -> list[Datum]:
     data = []
     for example in examples:
@@ -63,17 +76,10 @@ def run_sft(
 ) -> list[StepReport]:
     """Train from `start_step` (after load_state, the step it saved at) to config.steps."""
     data = sft_data(tokenizer, examples)
-    rng = random.Random(config.seed)
-    order: list[int] = []
     reports = []
     for step in range(start_step, config.steps):
         started = time.perf_counter()
-        picked = []
-        while len(picked) < min(config.batch_size, len(data)):
-            if not order:
-                order = list(range(len(data)))
-                rng.shuffle(order)
-            picked.append(data[order.pop()])
+        picked = [data[i] for i in batch_indices(step, config, len(data))]
         # The trainer sums token losses; weights of 1/n make the loss the mean over completion tokens.
         n = sum(sum(d.loss_fn_inputs["weights"]) for d in picked)
         batch = [Datum(d.tokens, {**d.loss_fn_inputs, "weights": [w / n for w in d.loss_fn_inputs["weights"]]}) for d in picked]

@@ -26,10 +26,11 @@ def reward(name: str):
     return register
 
 
-@reward("lowercase")
-def lowercase_fraction(prompt: str, completion: str, answer: str) -> float:
-    """Share of the completion's characters that are lowercase letters or spaces."""
-    return sum(c.islower() or c == " " for c in completion) / max(1, len(completion))
+@reward("brevity")
+def brevity(prompt: str, completion: str, answer: str) -> float:
+    """How much shorter than 32 characters the answer is: rewards ending the turn early. Its credit falls on
+    the end-of-turn token, a single direction in embedding space, so even a random base learns it."""
+    return max(0.0, 1.0 - len(completion) / 32)
 
 
 @reward("exact_number")
@@ -97,7 +98,7 @@ def _write(rng: random.Random) -> Problem:
 
 RL_TASKS: dict[str, RLTask] = {
     "arithmetic": RLTask(_arithmetic, "exact_number"),  # for real bases (SmolLM2)
-    "lowercase": RLTask(_write, "lowercase"),  # dense and learnable even from a random base
+    "brevity": RLTask(_write, "brevity"),  # learnable even from a random base
 }
 
 

@@ -21,6 +21,7 @@ class TrainerConfig:
     address: str = "127.0.0.1:0"
     catalog_address: str = ""       # where revisions are published
     api_key: str = ""               # a service key: publishes for the session's tenant
+    gateway_address: str = ""       # where recipe jobs reach sampling and training (RunRecipe)
     max_workers: int = 64
 
     @property
@@ -40,6 +41,7 @@ class TrainerConfig:
             "address": ("MINT_TRAINER_ADDRESS", str),
             "catalog_address": ("MINT_CATALOG_URL", str),
             "api_key": ("MINT_SERVICE_KEY", str),
+            "gateway_address": ("MINT_GATEWAY_URL", str),
         }
         values = {field: kind(env[var]) for field, (var, kind) in names.items() if var in env}
         return cls(**{**values, **overrides})
