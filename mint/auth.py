@@ -16,7 +16,9 @@ import enum
 import hashlib
 import hmac
 import secrets
-from collections.abc import Iterator, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from mint.errors import Code, MintError
@@ -109,6 +111,30 @@ def call_metadata(api_key: str | None, tenant: str | None = None) -> tuple[tuple
     if tenant:
         md.append((TENANT_HEADER, tenant))
     return tuple(md)
+
+
+class KeyCache:
+    """Principals of recently seen keys, for `ttl_s` seconds: a revoked key stops working within that time."""
+
+    def __init__(self, lookup: Callable[[str], Principal], ttl_s: float, max_entries: int = 10_000):
+        self._lookup = lookup
+        self._ttl = ttl_s
+        self._max = max_entries
+        self._entries: dict[str, tuple[float, Principal]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, api_key: str) -> Principal:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._entries.get(api_key)
+        if hit is not None and now - hit[0] < self._ttl:
+            return hit[1]
+        principal = self._lookup(api_key)
+        with self._lock:
+            if len(self._entries) >= self._max:
+                self._entries.clear()
+            self._entries[api_key] = (now, principal)
+        return principal
 
 
 _current: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("mint_principal", default=None)

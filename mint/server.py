@@ -12,7 +12,6 @@ import dataclasses
 import logging
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from contextlib import contextmanager
@@ -191,35 +190,26 @@ class RemoteAuthenticator:
         from mint.proto import catalog_pb2_grpc
 
         self._stub = catalog_pb2_grpc.CatalogServiceStub(catalog)
-        self._ttl = ttl_s
         self._roles = roles
-        self._cache: dict[str, tuple[float, auth.Principal]] = {}
-        self._lock = threading.Lock()
+        self._cache = auth.KeyCache(self._who_am_i, ttl_s)
 
     def authenticate(self, api_key: str) -> auth.Principal:
-        from mint.proto import catalog_pb2
-
-        now = time.monotonic()
-        with self._lock:
-            hit = self._cache.get(api_key)
-        if hit is not None and now - hit[0] < self._ttl:
-            principal = hit[1]
-        else:
-            try:
-                who = self._stub.WhoAmI(catalog_pb2.WhoAmIRequest(), metadata=auth.call_metadata(api_key), timeout=10)
-            except grpc.RpcError as err:
-                if err.code() == grpc.StatusCode.UNAUTHENTICATED:
-                    raise MintError(Code.UNAUTHENTICATED, err.details() or "API key is unknown or revoked") from None
-                raise MintError(Code.UNAVAILABLE, f"cannot check the API key: the catalog answered {err.code().name}") from None
-            role = {catalog_pb2.ROLE_ADMIN: auth.Role.ADMIN, catalog_pb2.ROLE_SERVICE: auth.Role.SERVICE}.get(who.role, auth.Role.MEMBER)
-            principal = auth.Principal(tenant=who.tenant, key_id=who.key_id, role=role)
-            with self._lock:
-                if len(self._cache) > 10_000:
-                    self._cache.clear()
-                self._cache[api_key] = (now, principal)
+        principal = self._cache.get(api_key)
         if self._roles is not None and principal.role not in self._roles:
             raise MintError(Code.PERMISSION_DENIED, f"this service accepts only {sorted(r.value for r in self._roles)} keys")
         return principal
+
+    def _who_am_i(self, api_key: str) -> auth.Principal:
+        from mint.proto import catalog_pb2
+
+        try:
+            who = self._stub.WhoAmI(catalog_pb2.WhoAmIRequest(), metadata=auth.call_metadata(api_key), timeout=10)
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.UNAUTHENTICATED:
+                raise MintError(Code.UNAUTHENTICATED, err.details() or "API key is unknown or revoked") from None
+            raise MintError(Code.UNAVAILABLE, f"cannot check the API key: the catalog answered {err.code().name}") from None
+        role = {catalog_pb2.ROLE_ADMIN: auth.Role.ADMIN, catalog_pb2.ROLE_SERVICE: auth.Role.SERVICE}.get(who.role, auth.Role.MEMBER)
+        return auth.Principal(tenant=who.tenant, key_id=who.key_id, role=role)
 
 
 def time_left(context: grpc.ServicerContext) -> float | None:

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from mint.models.tokenizer import Tokenizer
+
+
+@dataclasses.dataclass(slots=True)
+class StepReport:
+    """What a recipe reports after each step (and what `mint train` and RunRecipe show)."""
+
+    step: int
+    metrics: dict[str, float]
+    published: str = ""  # the mint:// address this step published, if it did
 
 
 def prompt_tokens(tokenizer: Tokenizer, prompt: str | Sequence[dict[str, str]]) -> list[int]:

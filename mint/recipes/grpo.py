@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from mint.errors import invalid
 from mint.models.tokenizer import Tokenizer
-from mint.recipes.common import prompt_tokens
+from mint.recipes.common import StepReport, prompt_tokens
 from mint.recipes.tasks import REWARDS, RL_TASKS
 from mint.sdk import AdamParams, SamplingParams, ServiceClient, TrainingClient, next_token_datum
 
@@ -41,13 +41,6 @@ class GRPOConfig:
     kl_coef: float = 0.0
     normalize_std: bool = True
     seed: int = 0
-
-
-@dataclasses.dataclass(slots=True)
-class StepReport:
-    step: int
-    metrics: dict[str, float]
-    published: str = ""
 
 
 def group_advantages(rewards: list[float], normalize_std: bool) -> list[float]:

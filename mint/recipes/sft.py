@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from mint.models.tokenizer import Tokenizer
-from mint.recipes.common import completion_tokens, prompt_tokens
+from mint.recipes.common import StepReport, completion_tokens, prompt_tokens
 from mint.recipes.tasks import Example
 from mint.sdk import AdamParams, Datum, TrainingClient, next_token_datum
 
@@ -29,13 +29,6 @@ class SFTConfig:
     warmup_steps: int = 5
     publish_every: int = 0  # 0: publish once, at the end
     seed: int = 0
-
-
-@dataclasses.dataclass(slots=True)
-class StepReport:
-    step: int
-    metrics: dict[str, float]
-    published: str = ""
 
 
 def learning_rate(step: int, config: SFTConfig) -> float:

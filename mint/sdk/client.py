@@ -11,6 +11,7 @@ sampling clients with Tinker's method names. Every blocking method has an `_asyn
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import os
 import tempfile
@@ -175,7 +176,8 @@ class SamplingClient:
     ) -> SampleResponse:
         request = gateway_pb2.SampleRequest(
             model=self.model, base_model=self.base_model, prompt=prompt_proto(prompt),
-            params=(sampling_params or SamplingParams()).to_proto(num_samples), buffered=True,  # returned whole anyway
+            params=dataclasses.replace(sampling_params or SamplingParams(), n=num_samples).to_proto(),
+            buffered=True,  # the answer is returned whole anyway
         )
         for attempt in range(self.RETRIES + 1):
             try:

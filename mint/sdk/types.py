@@ -6,7 +6,10 @@ import dataclasses
 import enum
 from collections.abc import Sequence
 
+from mint.params import AdamParams, SamplingParams
 from mint.proto import common_pb2, trainer_pb2
+
+__all__ = ["AdamParams", "SamplingParams"]  # shared with the services, defined in mint.params
 
 
 @dataclasses.dataclass(slots=True)
@@ -42,40 +45,6 @@ def next_token_datum(prompt: Sequence[int], completion: Sequence[int], **extra: 
     for key, values in extra.items():
         inputs[key] = [0.0] * (n_prompt - 1) + [float(v) for v in values]
     return Datum(tokens=tokens[:-1], loss_fn_inputs=inputs)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class AdamParams:
-    learning_rate: float = 1e-4
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    grad_clip_norm: float = 0.0
-
-    def to_proto(self) -> trainer_pb2.AdamParams:
-        return trainer_pb2.AdamParams(**dataclasses.asdict(self))
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class SamplingParams:
-    max_tokens: int = 64
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    stop_token_ids: tuple[int, ...] = ()
-    logprobs: bool = True
-    ignore_eos: bool = False
-
-    def to_proto(self, n: int = 1) -> common_pb2.SamplingParams:
-        fields = dataclasses.asdict(self)
-        seed = fields.pop("seed")
-        message = common_pb2.SamplingParams(n=n, **fields)
-        if seed is not None:
-            message.seed = seed
-        return message
 
 
 class Finish(enum.Enum):

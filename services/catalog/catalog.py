@@ -8,8 +8,6 @@ as a policy that does not exist would. Service and admin keys may name any tenan
 from __future__ import annotations
 
 import math
-import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -38,26 +36,17 @@ class StoreAuthenticator:
 
     def __init__(self, store: CatalogStore, ttl_s: float = 5.0):
         self._store = store
-        self._ttl = ttl_s
-        self._cache: dict[str, tuple[float, auth.Principal]] = {}
-        self._lock = threading.Lock()
+        self._cache = auth.KeyCache(self._lookup, ttl_s)
 
     def authenticate(self, api_key: str) -> auth.Principal:
-        now = time.monotonic()
-        with self._lock:
-            hit = self._cache.get(api_key)
-        if hit is not None and now - hit[0] < self._ttl:
-            return hit[1]
+        return self._cache.get(api_key)
+
+    def _lookup(self, api_key: str) -> auth.Principal:
         key_id, secret = auth.parse_key(api_key)
         record = self._store.tenants.lookup_key(key_id)
         if record is None or record.revoked or not auth.secret_matches(secret, record.secret_hash):
             raise MintError(Code.UNAUTHENTICATED, "API key is unknown or revoked")
-        principal = auth.Principal(tenant=record.tenant, key_id=key_id, role=record.role)
-        with self._lock:
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[api_key] = (now, principal)
-        return principal
+        return auth.Principal(tenant=record.tenant, key_id=key_id, role=record.role)
 
 
 class Catalog:

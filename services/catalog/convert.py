@@ -79,7 +79,8 @@ def revision_pb(r: Revision) -> pb.Revision:
     )
 
 
-def adapter_ref(r: Revision) -> common_pb2.AdapterRef:
+def adapter_ref(r: Revision | pb.Revision) -> common_pb2.AdapterRef:
+    """What an engine needs to serve a revision (from the entity, or a Revision message: same fields)."""
     return common_pb2.AdapterRef(
         revision_id=r.id,
         address=r.address,

@@ -10,24 +10,10 @@ import grpc
 
 from mint.adapters import AdapterWeights
 from mint.errors import Code, MintError
-from mint.proto import catalog_pb2, common_pb2
 from mint.sdk.catalog import CatalogClient
+from services.catalog import convert
 from services.trainer.session import Session
 from services.trainer.trainer import Published
-
-
-def adapter_ref(revision: catalog_pb2.Revision) -> common_pb2.AdapterRef:
-    return common_pb2.AdapterRef(
-        revision_id=revision.id,
-        address=revision.address,
-        sha256=revision.sha256,
-        size_bytes=revision.size_bytes,
-        rank=revision.rank,
-        alpha=revision.alpha,
-        use_rslora=revision.use_rslora,
-        target_modules=list(revision.target_modules),
-        base_model=revision.base_model,
-    )
 
 
 class CatalogPublisher:
@@ -53,4 +39,4 @@ class CatalogPublisher:
             metrics=metrics,
             idempotency_key=name,
         )
-        return Published(address=f"mint://{revision.address}", number=revision.number, adapter=adapter_ref(revision))
+        return Published(address=f"mint://{revision.address}", number=revision.number, adapter=convert.adapter_ref(revision))

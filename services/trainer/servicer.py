@@ -5,10 +5,11 @@ from __future__ import annotations
 from mint import auth
 from mint.errors import Code, MintError, invalid
 from mint.names import PolicyName
+from mint.params import AdamParams
 from mint.proto import common_pb2, trainer_pb2, trainer_pb2_grpc
 from services.trainer.losses import Datum
 from services.trainer.recipe_jobs import RecipeJob
-from services.trainer.session import AdamParams, Session
+from services.trainer.session import Session
 from services.trainer.trainer import PassResult, Trainer
 
 _FLOAT_INPUTS = ("weights", "logprobs", "advantages")
@@ -103,12 +104,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     def OptimStep(self, request, context):
         session = self._session(request.session_id)
-        p = request.adam_params
-        params = AdamParams(
-            learning_rate=p.learning_rate or 1e-4, beta1=p.beta1 or 0.9, beta2=p.beta2 or 0.95, eps=p.eps or 1e-8,
-            weight_decay=p.weight_decay, grad_clip_norm=p.grad_clip_norm,
-        )
-        metrics = self.trainer.optim_step(session, params)
+        metrics = self.trainer.optim_step(session, AdamParams.from_proto(request.adam_params))
         return trainer_pb2.OptimStepResponse(step=session.step, metrics=metrics)
 
     def SaveWeightsForSampler(self, request, context):

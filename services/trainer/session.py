@@ -8,7 +8,6 @@ metadata, so `load_state` resumes exactly, optimizer included.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -24,24 +23,7 @@ from mint.adapters import ATTN_MODULES, MLP_MODULES, AdapterConfig, AdapterWeigh
 from mint.adapters.packing import lora_targets, unpack
 from mint.errors import invalid, not_found
 from mint.models.config import ModelConfig
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class AdamParams:
-    learning_rate: float = 1e-4
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    grad_clip_norm: float = 0.0
-
-    def check(self) -> None:
-        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise invalid(f"learning_rate must be positive, got {self.learning_rate}")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise invalid(f"betas must be in [0, 1), got ({self.beta1}, {self.beta2})")
-        if self.eps <= 0 or self.weight_decay < 0 or self.grad_clip_norm < 0:
-            raise invalid("eps must be > 0; weight_decay and grad_clip_norm must be >= 0")
+from mint.params import AdamParams
 
 
 class Session:

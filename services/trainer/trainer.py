@@ -25,10 +25,11 @@ from mint.errors import Code, MintError, invalid, not_found
 from mint.models.attention import VarlenAttention
 from mint.models.loading import load_model
 from mint.names import check_name
+from mint.params import AdamParams
 from services.trainer.config import TrainerConfig
 from services.trainer.lora import LoRAPass, TrainableLoRA
 from services.trainer.losses import Datum, check_loss, datum_loss
-from services.trainer.session import AdamParams, Session, target_modules
+from services.trainer.session import Session, target_modules
 
 log = logging.getLogger(__name__)
 

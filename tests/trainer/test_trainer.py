@@ -10,8 +10,8 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from mint.errors import MintError
+from mint.params import AdamParams
 from services.trainer.losses import Datum
-from services.trainer.session import AdamParams
 
 
 def sft_data(seed: int, n: int = 3, length: int = 12) -> list[Datum]:
