@@ -10,6 +10,7 @@ so imports are rewritten to `from mint.proto import x_pb2`.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import sys
@@ -26,6 +27,9 @@ _IMPORT = re.compile(r"^from mint\.v1 import (\w+)", re.MULTILINE)
 def generate(out_dir: Path) -> None:
     from grpc_tools import protoc
 
+    # protoc finds plugins (protoc-gen-mypy) on PATH: use the ones installed beside this interpreter, so it
+    # works from a virtualenv that was never activated.
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / "mint" / "v1").glob("*.proto"))
