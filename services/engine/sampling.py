@@ -6,6 +6,8 @@ transform, as vLLM reports them by default; RL code compares them with trainer l
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from mint.params import SamplingParams
@@ -24,14 +26,20 @@ def sample(
     params: list[SamplingParams],  # one per row
     generators: list[torch.Generator | None],
 ) -> tuple[list[int], list[float]]:
-    """Next token of each row and its logprob under the model."""
-    logprobs = torch.log_softmax(logits, dim=-1)
+    """Next token of each row, and its logprob under the model (NaN for rows that did not ask for one:
+    a log-softmax over the vocabulary costs as much as sampling itself)."""
     tokens = logits.argmax(dim=-1)
     for row, p in enumerate(params):
         if not p.greedy:
             tokens[row] = _sample_row(logits[row], p, generators[row])
-    chosen = logprobs.gather(1, tokens.unsqueeze(1)).squeeze(1)
-    return tokens.tolist(), chosen.tolist()
+    wanted = [row for row, p in enumerate(params) if p.logprobs]
+    chosen = [math.nan] * len(params)
+    if wanted:
+        rows = torch.tensor(wanted, device=logits.device)
+        picked = torch.log_softmax(logits.index_select(0, rows), dim=-1).gather(1, tokens.index_select(0, rows).unsqueeze(1))
+        for row, value in zip(wanted, picked.squeeze(1).tolist(), strict=True):
+            chosen[row] = value
+    return tokens.tolist(), chosen
 
 
 def _sample_row(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
