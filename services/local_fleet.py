@@ -74,6 +74,7 @@ class LocalFleet:
         engines: int = 2,
         heartbeat_s: float = 0.5,
         engine_env: dict[str, str] | None = None,
+        trainer: bool = False,
     ):
         self.workdir = Path(workdir)
         self.base_dir = Path(base_dir)
@@ -93,12 +94,20 @@ class LocalFleet:
         self.service_key = self.admin.create_api_key("admin", "fleet", "service")
         self.admin.register_base_dir(self.base_dir, BASE_MODEL)
         self.engines = [self.start_engine(i) for i in range(engines)]
-        self.gateway = ServiceProcess(
-            ["-m", "services.gateway"],
-            {"MINT_CATALOG_URL": self.catalog.address, "MINT_REDIS_URL": self.redis.url, "MINT_SERVICE_KEY": self.service_key,
-             "MINT_HEARTBEAT_S": str(heartbeat_s), "MINT_GATEWAY_ADDRESS": "127.0.0.1:0"},
-            log_path=str(self.workdir / "gateway.log"),
-        )
+        self.trainer = ServiceProcess(
+            ["-m", "services.trainer"],
+            {"MINT_MODEL_PATH": str(self.base_dir), "MINT_BASE_MODEL": BASE_MODEL, "MINT_CATALOG_URL": self.catalog.address,
+             "MINT_SERVICE_KEY": self.service_key, "MINT_TRAINER_ADDRESS": "127.0.0.1:0",
+             "MINT_TRAINER_STATE_DIR": str(self.workdir / "trainer")},
+            log_path=str(self.workdir / "trainer.log"),
+        ) if trainer else None
+        gateway_env = {
+            "MINT_CATALOG_URL": self.catalog.address, "MINT_REDIS_URL": self.redis.url, "MINT_SERVICE_KEY": self.service_key,
+            "MINT_HEARTBEAT_S": str(heartbeat_s), "MINT_GATEWAY_ADDRESS": "127.0.0.1:0",
+        }
+        if self.trainer is not None:
+            gateway_env["MINT_TRAINER_URL"] = self.trainer.address
+        self.gateway = ServiceProcess(["-m", "services.gateway"], gateway_env, log_path=str(self.workdir / "gateway.log"))
         self.client = ServiceClient(self.gateway.address, self.member_key, timeout_s=600)
 
     def start_engine(self, index: int) -> ServiceProcess:
@@ -120,6 +129,7 @@ class LocalFleet:
 
     def stop(self) -> None:
         self.client.close()
-        for process in [self.gateway, *self.engines, self.catalog]:
-            process.stop()
+        for process in [self.gateway, *self.engines, self.trainer, self.catalog]:
+            if process is not None:
+                process.stop()
         self.redis.kill()
