@@ -28,7 +28,7 @@ class EngineConfig:
     max_model_len: int = 0              # 0: min(model's max positions, 4096)
     max_batched_tokens: int = 4096
     max_num_seqs: int = 256
-    load_concurrency: int = 2
+    load_concurrency: int = 4          # loader threads: fetches wait on the network, packing is short
     address: str = "127.0.0.1:0"
     advertise_address: str = ""         # how others reach this engine; default: 127.0.0.1:<port>
     catalog_address: str = ""           # where adapter blobs come from
@@ -58,6 +58,7 @@ class EngineConfig:
             "cache_dir": ("MINT_ENGINE_CACHE_DIR", str),
             "kv_cache_bytes": ("MINT_KV_CACHE_BYTES", int),
             "max_batched_tokens": ("MINT_MAX_BATCHED_TOKENS", int),
+            "load_concurrency": ("MINT_LOAD_CONCURRENCY", int),
             "address": ("MINT_ENGINE_ADDRESS", str),
             "advertise_address": ("MINT_ENGINE_ADVERTISE", str),
             "catalog_address": ("MINT_CATALOG_URL", str),

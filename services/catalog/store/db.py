@@ -27,7 +27,9 @@ class Database:
             self.engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60})
             _configure_sqlite(self.engine)
         else:
-            self.engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+            # No pre-ping: it doubles the round trips of every read. A connection the server dropped fails its
+            # query with UNAVAILABLE once, and SQLAlchemy then replaces the pool's stale connections.
+            self.engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size)
         self.dialect = self.engine.dialect.name
         # Single-statement reads need no transaction: skipping BEGIN/ROLLBACK saves two round trips.
         self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
