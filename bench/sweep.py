@@ -43,6 +43,7 @@ def main() -> None:
         engine_env = {
             "MINT_MAX_LORA_RANK": "1",
             "MINT_TORCH_THREADS": "1",  # the engine shares 2 cores with the gateway, catalog, Redis and client
+            "MINT_LOAD_CONCURRENCY": "8",
             "MINT_DEVICE_BUDGET_BYTES": str(256 * 80 * 1024),
             "MINT_HOST_BUDGET_BYTES": str(1000 * 24 * 1024),
             "MINT_DISK_BUDGET_BYTES": str(4000 * 10 * 1024),
