@@ -52,10 +52,21 @@ class PagedAttention:
             self.single_index = (table[:, positions // size] * size + positions % size).to(device)
             lengths = torch.tensor([s.ctx_len for s in singles])
             self.single_mask = (positions < lengths.unsqueeze(1)).view(len(singles), 1, 1, longest).to(device)
+        # Fresh prefills (nothing cached before them) of equal length attend as one batched call; one call
+        # per sequence costs far more than the attention itself at these sizes.
+        by_length: dict[int, list[SeqSpan]] = {}
+        for span in self.chunks:
+            if span.ctx_len == span.q_len:
+                by_length.setdefault(span.q_len, []).append(span)
+        self.fresh_groups: list[tuple[int, int, slice | torch.Tensor]] = []
+        for length, group in by_length.items():
+            rows = [r for span in group for r in range(span.q_start, span.q_start + length)]
+            contiguous = rows == list(range(rows[0], rows[0] + len(rows)))
+            where = slice(rows[0], rows[0] + len(rows)) if contiguous else torch.tensor(rows, dtype=torch.long, device=device)
+            self.fresh_groups.append((len(group), length, where))
+        self.continued = [s for s in self.chunks if s.ctx_len > s.q_len]
         self.chunk_context = {
-            id(s): torch.tensor(cache.slots(s.blocks, 0, s.ctx_len), dtype=torch.long, device=device)
-            for s in self.chunks
-            if s.ctx_len > s.q_len
+            id(s): torch.tensor(cache.slots(s.blocks, 0, s.ctx_len), dtype=torch.long, device=device) for s in self.continued
         }
 
     def __call__(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -76,18 +87,28 @@ class PagedAttention:
             if self.all_single:
                 return attended
             out.index_copy_(0, self.single_rows, attended)
-        for span in self.chunks:
-            rows = slice(span.q_start, span.q_start + span.q_len)
-            qs = q[rows].transpose(0, 1)
-            context = self.chunk_context.get(id(span))
-            if context is None:  # the whole context is this chunk: plain causal attention
-                attended = F.scaled_dot_product_attention(qs, k[rows].transpose(0, 1), v[rows].transpose(0, 1), is_causal=True, enable_gqa=gqa)
+        for count, length, where in self.fresh_groups:
+            qs, ks, vs = (_as_batch(x, where, count, length) for x in (q, k, v))
+            attended = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, enable_gqa=gqa)
+            attended = attended.transpose(1, 2).reshape(count * length, *q.shape[1:])
+            if isinstance(where, slice):
+                out[where] = attended
             else:
-                offset = span.ctx_len - span.q_len
-                causal = torch.arange(span.ctx_len, device=q.device) <= (torch.arange(span.q_len, device=q.device) + offset).unsqueeze(1)
-                attended = F.scaled_dot_product_attention(
-                    qs, k_cache.index_select(0, context).transpose(0, 1), v_cache.index_select(0, context).transpose(0, 1),
-                    attn_mask=causal, enable_gqa=gqa,
-                )
+                out.index_copy_(0, where, attended)
+        for span in self.continued:  # a prefill continuing after cached tokens: attend to them too
+            rows = slice(span.q_start, span.q_start + span.q_len)
+            context = self.chunk_context[id(span)]
+            offset = span.ctx_len - span.q_len
+            causal = torch.arange(span.ctx_len, device=q.device) <= (torch.arange(span.q_len, device=q.device) + offset).unsqueeze(1)
+            attended = F.scaled_dot_product_attention(
+                q[rows].transpose(0, 1), k_cache.index_select(0, context).transpose(0, 1),
+                v_cache.index_select(0, context).transpose(0, 1), attn_mask=causal, enable_gqa=gqa,
+            )
             out[rows] = attended.transpose(0, 1)
         return out
+
+
+def _as_batch(x: torch.Tensor, where: slice | torch.Tensor, count: int, length: int) -> torch.Tensor:
+    """Rows `where` of x [T, heads, dim] as [count, heads, length, dim]."""
+    rows = x[where] if isinstance(where, slice) else x.index_select(0, where)
+    return rows.view(count, length, *x.shape[1:]).transpose(1, 2)
