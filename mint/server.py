@@ -9,6 +9,7 @@ from services called downstream) into the matching gRPC status. Handlers raise; 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import signal
 import threading
@@ -171,6 +172,9 @@ def run_until_signalled(
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     server.start()
+    # Everything alive now (modules, the model, caches) lives as long as the process: keeping it out of the
+    # collector's generations shortens the pauses that set tail latency.
+    gc.freeze()
     print(READY_LINE.format(name=name, port=port), flush=True)
     stop.wait()
     server.stop(grace_s).wait()
