@@ -40,6 +40,14 @@ def _run_matmul(a: Tensor, b: Tensor, run: SegmentRun) -> Tensor:
     return torch.bmm(a.view(run.num_keys, run.tokens_per_key, a.shape[1]), b).view(-1, b.shape[2])
 
 
+def _run_matmul_into(c: Tensor, a: Tensor, b: Tensor, run: SegmentRun) -> None:
+    """c [n*k, q] += a [n*k, p] @ b [n, p, q] per key, in place."""
+    if run.num_keys == 1:
+        c.addmm_(a, b[0])
+    else:
+        c.view(run.num_keys, run.tokens_per_key, c.shape[1]).baddbmm_(a.view(run.num_keys, run.tokens_per_key, a.shape[1]), b)
+
+
 def _runs_with_ranks(meta: LoRAMeta, slot_ranks: Tensor, r_max: int):
     """(run, rank to compute up to); runs of cleared (rank-0) slots do no work and touch nothing."""
     for run, rank in zip(meta.runs, meta.run_ranks(slot_ranks), strict=True):
@@ -107,6 +115,11 @@ def segment_expand_ref(
         for run, rank in _runs_with_ranks(meta, slot_ranks, r_max):
             rows = slice(run.token_start, run.token_end)
             keys = slice(run.first_key, run.first_key + run.num_keys)
+            if meta.in_slot_order and out.dtype == ys.dtype:
+                # Accumulate straight into out (C += A @ B in one pass) instead of writing a product and
+                # adding it: the expand is bound by traffic over out's rows, not by its small matmul.
+                _run_matmul_into(out[rows, cols], ys[s, rows, :rank], w[keys, :, :rank].transpose(1, 2), run)
+                continue
             part = _run_matmul(ys[s, rows, :rank], w[keys, :, :rank].transpose(1, 2), run)
             if meta.in_slot_order:
                 out[rows, cols] += part
