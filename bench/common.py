@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -78,3 +79,44 @@ def report(name: str, params: dict, metrics: dict[str, float]) -> None:
     for key, value in metrics.items():
         print(f"{key:<{width}}{value:>14.4g}")
     print(json.dumps({"bench": name, "params": params, "metrics": metrics}), flush=True)
+
+
+def trim_heap() -> None:
+    """Collect garbage and hand freed heap memory back to the OS (glibc), so RSS reflects live memory."""
+    import contextlib
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: RSS keeps what the allocator caches
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+class PeakRss:
+    """The process's peak resident set size while the block runs, sampled by a background thread. It starts
+    from a trimmed heap (`trim_heap`), so memory that earlier work freed does not count."""
+
+    def __init__(self, interval_s: float = 0.01):
+        import psutil
+
+        self._process = psutil.Process()
+        self._interval = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="peak-rss", daemon=True)
+        self.start_bytes = self.peak_bytes = 0
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_bytes = max(self.peak_bytes, self._process.memory_info().rss)
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> PeakRss:
+        trim_heap()
+        self.start_bytes = self.peak_bytes = self._process.memory_info().rss
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_bytes = max(self.peak_bytes, self._process.memory_info().rss)

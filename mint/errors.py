@@ -63,6 +63,9 @@ class MintError(Exception):
     def __repr__(self) -> str:
         return f"MintError({self.code.name}, {self.message!r})"
 
+    def __reduce__(self):  # survives pickling (multiprocessing), which replays __init__ with these arguments
+        return (MintError, (self.code, self.message))
+
     def __str__(self) -> str:
         return f"{self.code.name}: {self.message}"
 

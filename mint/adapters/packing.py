@@ -63,34 +63,39 @@ def lora_targets(config: ModelConfig) -> list[LoRATarget]:
 
 @dataclasses.dataclass(slots=True)
 class PackedAdapter:
-    """An adapter laid out for slot copies: layers[i][path] = (A [num_slices, r, in], B [out, r])."""
+    """An adapter laid out for slot copies, every layer stacked: targets[path] = (A [layers, num_slices, r,
+    in], B [layers, out, r]). A slot fill is then two copies per projection, whatever the depth."""
 
     rank: int
     scale: float
-    layers: list[dict[str, tuple[torch.Tensor, torch.Tensor]]]
+    targets: dict[str, tuple[torch.Tensor, torch.Tensor]]
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes + b.nbytes for layer in self.layers for a, b in layer.values())
+        return sum(a.nbytes + b.nbytes for a, b in self.targets.values())
 
 
 def pack(weights: AdapterWeights, config: ModelConfig, dtype: torch.dtype = torch.float32) -> PackedAdapter:
-    r = weights.config.r
-    targets = [t for t in lora_targets(config) if any(m in weights.config.target_modules for m in t.modules)]
-    layers = []
-    for layer in range(config.num_layers):
-        packed = {}
-        for target in targets:
-            a = torch.zeros(len(target.modules), r, target.in_features, dtype=dtype)
-            b = torch.zeros(target.out_features, r, dtype=dtype)
-            for s, module in enumerate(target.modules):
-                pair = weights.tensors.get((layer, module))
-                if pair is not None:
-                    a[s].copy_(pair[0])
-                    b[target.offsets[s] : target.offsets[s + 1]].copy_(pair[1])
-            packed[target.path] = (a, b)
-        layers.append(packed)
-    return PackedAdapter(rank=r, scale=weights.config.scaling, layers=layers)
+    r, layers = weights.config.r, config.num_layers
+    targeted = weights.config.target_modules
+    packed = {}
+    for target in lora_targets(config):
+        if not any(m in targeted for m in target.modules):
+            continue
+        a = torch.empty(layers, len(target.modules), r, target.in_features, dtype=dtype)
+        b = torch.empty(layers, target.out_features, r, dtype=dtype)
+        for s, module in enumerate(target.modules):
+            rows = slice(target.offsets[s], target.offsets[s + 1])
+            if module not in targeted:  # a slice of a packed projection the adapter leaves alone
+                a[:, s].zero_()
+                b[:, rows].zero_()
+                continue
+            for layer in range(layers):
+                a_l, b_l = weights.tensors[(layer, module)]
+                a[layer, s].copy_(a_l)
+                b[layer, rows].copy_(b_l)
+        packed[target.path] = (a, b)
+    return PackedAdapter(rank=r, scale=weights.config.scaling, targets=packed)
 
 
 def unpack(layers: list[dict[str, tuple[torch.Tensor, torch.Tensor]]], config: AdapterConfig, model_config: ModelConfig) -> AdapterWeights:

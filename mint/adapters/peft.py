@@ -15,11 +15,15 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save as save_tensors_bytes
 
 from mint.adapters.config import ATTN_MODULES, LORA_MODULES, AdapterConfig
-from mint.adapters.safetensors_file import DEFAULT_MAX_HEADER_BYTES, read_header
+from mint.adapters.safetensors_file import (
+    DEFAULT_MAX_HEADER_BYTES,
+    first_nonfinite,
+    map_tensors,
+    read_header,
+    serialize,
+)
 from mint.errors import invalid
 
 CONFIG_NAME = "adapter_config.json"
@@ -74,7 +78,7 @@ class AdapterWeights:
         return out
 
     def to_safetensors(self) -> bytes:
-        return save_tensors_bytes(self.state_dict())
+        return serialize(self.state_dict())
 
     def save(self, directory: str | os.PathLike) -> Path:
         path = Path(directory)
@@ -111,7 +115,9 @@ def validate_adapter(config: AdapterConfig, weights_path: str | os.PathLike, bas
     if missing:
         shown = ", ".join(tensor_name(*key) for key in missing[:3])
         raise invalid(f"adapter is missing {len(missing)} tensors for its target_modules, e.g. {shown}")
-    _check_finite(weights_path)
+    bad = first_nonfinite(weights_path, header)
+    if bad is not None:
+        raise invalid(f"tensor {bad!r} contains NaN or Inf")
     return ValidatedAdapter(config=config, size_bytes=size, num_tensors=len(header.tensors))
 
 
@@ -129,23 +135,18 @@ def _parse_name(name: str, base: BaseShapes, config: AdapterConfig) -> tuple[int
     return layer, module, which
 
 
-def _check_finite(weights_path: str | os.PathLike) -> None:
-    with safe_open(str(weights_path), framework="pt") as f:
-        for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
-            if not torch.isfinite(f.get_tensor(name)).all():
-                raise invalid(f"tensor {name!r} contains NaN or Inf")
-
-
 def load_weights(config: AdapterConfig, weights_path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> AdapterWeights:
-    """Read an already-validated safetensors file into host tensors."""
+    """An already-validated safetensors file as host tensors: zero-copy views over a memory map when the
+    file already holds `dtype` (callers that keep them past the file's life should copy)."""
+    with open(weights_path, "rb") as f:
+        header = read_header(f, os.fstat(f.fileno()).st_size)
     tensors: dict[tuple[int, str], list[torch.Tensor | None]] = {}
-    with safe_open(str(weights_path), framework="pt") as f:
-        for name in f.keys():  # noqa: SIM118
-            match = _NAME.match(name)
-            if match is None:
-                raise invalid(f"unexpected tensor {name!r} in adapter")
-            pair = tensors.setdefault((int(match[1]), match[3]), [None, None])
-            pair[0 if match[4] == "A" else 1] = f.get_tensor(name).to(dtype)
+    for name, tensor in map_tensors(weights_path, header).items():
+        match = _NAME.match(name)
+        if match is None:
+            raise invalid(f"unexpected tensor {name!r} in adapter")
+        pair = tensors.setdefault((int(match[1]), match[3]), [None, None])
+        pair[0 if match[4] == "A" else 1] = tensor.to(dtype)
     out: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
     for key, (a, b) in tensors.items():
         if a is None or b is None:

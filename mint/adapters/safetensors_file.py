@@ -10,8 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import mmap
+import os
 import struct
+import warnings
 from typing import BinaryIO
+
+import torch
 
 from mint.errors import invalid
 
@@ -90,3 +95,83 @@ def _entry(name: str, value: object, data_size: int) -> TensorEntry:
     if offsets[1] - offsets[0] != nbytes:
         raise invalid(f"tensor {name!r} is {dtype}{shape} = {nbytes} bytes but its offsets span {offsets[1] - offsets[0]}")
     return TensorEntry(name=name, dtype=dtype, shape=tuple(shape), begin=offsets[0], end=offsets[1])
+
+
+TORCH_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+DTYPE_NAMES = {v: k for k, v in TORCH_DTYPES.items()}
+
+
+def map_data(path: str | os.PathLike, header: Header) -> torch.Tensor:
+    """The data section of a checked safetensors file as uint8 over a read-only memory map (zero-copy).
+
+    Safetensors' own reader allocates and copies tensor by tensor; a map costs nothing until its pages are
+    touched, so an adapter's hundreds of tensors cost one read of the file. Views keep the map alive.
+    """
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == header.data_start:
+            return torch.empty(0, dtype=torch.uint8)
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    with warnings.catch_warnings():  # torch warns that the buffer is read-only; nothing writes to it
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.frombuffer(mapped, dtype=torch.uint8, offset=header.data_start)
+
+
+def map_tensors(path: str | os.PathLike, header: Header) -> dict[str, torch.Tensor]:
+    """Every tensor as a zero-copy view (see map_data); only the float dtypes MinT stores are allowed."""
+    data = map_data(path, header)
+    out = {}
+    for entry in header.tensors.values():
+        dtype = TORCH_DTYPES.get(entry.dtype)
+        if dtype is None:
+            raise invalid(f"tensor {entry.name!r} has dtype {entry.dtype}, which MinT does not read")
+        out[entry.name] = _typed(data[entry.begin : entry.end], dtype).view(entry.shape)
+    return out
+
+
+def first_nonfinite(path: str | os.PathLike, header: Header) -> str | None:
+    """The name of a float tensor holding NaN or Inf, else None: one isfinite pass per stretch of
+    adjacent same-dtype tensors (usually the whole file), then a search only if that pass fails."""
+    data = map_data(path, header)
+    stretches: list[list[TensorEntry]] = []
+    for entry in sorted(header.tensors.values(), key=lambda e: e.begin):
+        last = stretches[-1][-1] if stretches else None
+        if last is not None and last.dtype == entry.dtype and last.end == entry.begin:
+            stretches[-1].append(entry)
+        else:
+            stretches.append([entry])
+    for stretch in stretches:
+        dtype = TORCH_DTYPES.get(stretch[0].dtype)
+        if dtype is None:
+            continue
+        if not torch.isfinite(_typed(data[stretch[0].begin : stretch[-1].end], dtype)).all():
+            return next(e.name for e in stretch if not torch.isfinite(_typed(data[e.begin : e.end], dtype)).all())
+    return None
+
+
+def _typed(raw: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 bytes viewed as `dtype`, copied first if their offset is misaligned for it."""
+    if raw.storage_offset() % raw.new_empty(0, dtype=dtype).element_size():
+        raw = raw.clone()
+    return raw.view(dtype)
+
+
+def serialize(tensors: dict[str, torch.Tensor]) -> bytes:
+    """Safetensors bytes, each tensor copied once into the output (safetensors' writer copies twice)."""
+    entries, offset = {}, 0
+    # Wider dtypes first, then by name (as safetensors orders them): every tensor stays aligned for its dtype.
+    for name in sorted(tensors, key=lambda n: (-tensors[n].element_size(), n)):
+        t = tensors[name]
+        nbytes = t.numel() * t.element_size()
+        entries[name] = {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    header = json.dumps(entries, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the data section starts 8-byte aligned, as safetensors writes it
+    out = bytearray(8 + len(header) + offset)
+    out[:8] = struct.pack("<Q", len(header))
+    out[8 : 8 + len(header)] = header
+    data = torch.frombuffer(out, dtype=torch.uint8, offset=8 + len(header)) if offset else None
+    for name, entry in entries.items():
+        begin, end = entry["data_offsets"]
+        if end > begin:
+            data[begin:end].copy_(tensors[name].contiguous().reshape(-1).view(torch.uint8))
+    return bytes(out)

@@ -21,7 +21,7 @@ from mint.errors import Code, MintError
 from mint.proto import catalog_pb2 as pb
 from mint.proto import catalog_pb2_grpc, common_pb2
 
-CHUNK = 1024 * 1024
+CHUNK = 4 * 1024 * 1024  # bytes per upload message: fewer, larger messages cost less
 
 
 def rpc(fn, request, **kwargs):

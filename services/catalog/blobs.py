@@ -19,7 +19,7 @@ from typing import Protocol
 
 from mint.errors import Code, MintError, invalid, not_found
 
-CHUNK_BYTES = 1024 * 1024
+CHUNK_BYTES = 4 * 1024 * 1024
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -44,7 +44,7 @@ class StagedBlob:
 class BlobStore(Protocol):
     def put(self, staged: StagedBlob) -> None: ...
     def exists(self, sha256: str) -> bool: ...
-    def read_chunks(self, sha256: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]: ...
+    def read_chunks(self, sha256: str, chunk_bytes: int = CHUNK_BYTES, *, verify: bool = True) -> Iterator[bytes]: ...
     def staging_dir(self) -> Path: ...
 
 
@@ -105,17 +105,26 @@ class LocalBlobStore:
     def exists(self, sha256: str) -> bool:
         return self.path(sha256).is_file()
 
-    def read_chunks(self, sha256: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
-        """The blob's bytes; raises DATA_LOSS at the end if they do not hash to `sha256`."""
+    def read_chunks(self, sha256: str, chunk_bytes: int = CHUNK_BYTES, *, verify: bool = True) -> Iterator[bytes]:
+        """The blob's bytes; raises DATA_LOSS at the end if they do not hash to `sha256`. `verify=False` is
+        for a reader that hashes the bytes itself (an engine's disk cache), so they are hashed once."""
         path = self.path(sha256)
         try:
             f = open(path, "rb")  # noqa: SIM115 - closed in the generator's finally
         except FileNotFoundError:
             raise not_found(f"blob {sha256} is not in the blob store") from None
-        return _verified(f, sha256, chunk_bytes)
+        return _verified(f, sha256, chunk_bytes) if verify else _chunks(f, chunk_bytes)
 
     def read_bytes(self, sha256: str) -> bytes:
         return b"".join(self.read_chunks(sha256))
+
+
+def _chunks(f, chunk_bytes: int) -> Iterator[bytes]:
+    try:
+        while chunk := f.read(chunk_bytes):
+            yield chunk
+    finally:
+        f.close()
 
 
 def _verified(f, sha256: str, chunk_bytes: int) -> Iterator[bytes]:

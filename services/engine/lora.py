@@ -34,20 +34,15 @@ class LoRABatch:
 
 
 class LoRALinear(nn.Module):
-    def __init__(self, base: nn.Linear, target: LoRATarget, batch: LoRABatch, num_slots: int, max_rank: int):
+    def __init__(self, base: nn.Linear, target: LoRATarget, batch: LoRABatch, lora_a: torch.Tensor, lora_b: torch.Tensor):
+        """lora_a [num_slices, slots + 1, max_rank, in], lora_b [slots + 1, out, max_rank]: this layer's views of
+        the projection's slot tensors, which hold every layer so that a slot fill is one copy each."""
         super().__init__()
         self.base = base
         self.batch = batch
         self.slot_ranks = batch.ranks[target.path]
         self.offsets = target.offsets
-        w = base.weight
-        # Slot 0 stays zero: it is "no adapter".
-        self.register_buffer(
-            "lora_a", torch.zeros(len(target.modules), num_slots + 1, max_rank, target.in_features, dtype=w.dtype, device=w.device), persistent=False
-        )
-        self.register_buffer(
-            "lora_b", torch.zeros(num_slots + 1, target.out_features, max_rank, dtype=w.dtype, device=w.device), persistent=False
-        )
+        self.lora_a, self.lora_b = lora_a, lora_b
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
@@ -58,23 +53,6 @@ class LoRALinear(nn.Module):
         lora_expand(y, self.lora_b, self.offsets, meta, self.slot_ranks, self.batch.scale, out)
         return out
 
-    def set_slot(self, slot: int, a: torch.Tensor, b: torch.Tensor, previous_rank: int) -> None:
-        """a: [num_slices, r, in]; b: [out, r]. Rows beyond r that a previous occupant used are zeroed,
-        because the kernels compute up to the largest rank in a run and must read zeros there."""
-        r = a.shape[1]
-        self.lora_a[:, slot, :r].copy_(a)
-        self.lora_b[slot, :, :r].copy_(b)
-        if previous_rank > r:
-            self.lora_a[:, slot, r:previous_rank].zero_()
-            self.lora_b[slot, :, r:previous_rank].zero_()
-
-    def clear_slot(self, slot: int) -> None:
-        self.lora_a[:, slot].zero_()
-        self.lora_b[slot].zero_()
-
-    @property
-    def slot_nbytes(self) -> int:
-        return (self.lora_a[:, 0].nbytes + self.lora_b[0].nbytes)
 
 
 class LoRAModel:
@@ -87,41 +65,50 @@ class LoRAModel:
         device = model.embed_tokens.weight.device
         self.targets = lora_targets(model.config)
         self.batch = LoRABatch(num_slots, [t.path for t in self.targets], device)
+        dtype, layers = model.embed_tokens.weight.dtype, model.config.num_layers
+        # Per projection, every layer's slots in one tensor (slot 0 stays zero: it is "no adapter").
+        self.slot_a: dict[str, torch.Tensor] = {}
+        self.slot_b: dict[str, torch.Tensor] = {}
+        for t in self.targets:
+            self.slot_a[t.path] = torch.zeros(layers, len(t.modules), num_slots + 1, max_rank, t.in_features, dtype=dtype, device=device)
+            self.slot_b[t.path] = torch.zeros(layers, num_slots + 1, t.out_features, max_rank, dtype=dtype, device=device)
         self.layers: list[dict[str, LoRALinear]] = []
-        for layer in model.layers:
+        for index, layer in enumerate(model.layers):
             wrapped = {}
             for target in self.targets:
                 parent_name, _, attr = target.path.rpartition(".")
                 parent = layer.get_submodule(parent_name)
-                lora = LoRALinear(getattr(parent, attr), target, self.batch, num_slots, max_rank)
+                lora = LoRALinear(getattr(parent, attr), target, self.batch, self.slot_a[target.path][index], self.slot_b[target.path][index])
                 setattr(parent, attr, lora)
                 wrapped[target.path] = lora
             self.layers.append(wrapped)
 
-    @property
-    def slot_nbytes(self) -> int:
-        return sum(layer.slot_nbytes for layers in self.layers for layer in layers.values())
-
     def set_slot(self, slot: int, adapter: PackedAdapter) -> None:
+        """Fill a slot with an adapter. Rows beyond its rank that a previous occupant used are zeroed: the
+        CPU kernels compute up to the largest rank of a run of slots and must read zeros there."""
         assert 1 <= slot <= self.num_slots, slot
         assert adapter.rank <= self.max_rank, (adapter.rank, self.max_rank)
-        targeted = adapter.layers[0].keys()
+        r = adapter.rank
         for path, ranks in self.batch.ranks.items():
-            previous = int(ranks[slot])  # what the slot's last occupant left in this projection
-            for layer, packed in zip(self.layers, adapter.layers, strict=True):
-                if path in targeted:
-                    a, b = packed[path]
-                    layer[path].set_slot(slot, a, b, previous)
-                elif previous:
-                    layer[path].clear_slot(slot)
-            ranks[slot] = adapter.rank if path in targeted else 0
+            previous = int(ranks[slot])
+            slot_a, slot_b = self.slot_a[path][:, :, slot], self.slot_b[path][:, slot]
+            pair = adapter.targets.get(path)
+            kept = r if pair is not None else 0  # untargeted projections keep rank 0: the ops skip them
+            if pair is not None:
+                slot_a[:, :, :r].copy_(pair[0])
+                slot_b[:, :, :r].copy_(pair[1])
+            if previous > kept:
+                slot_a[:, :, kept:previous].zero_()
+                slot_b[:, :, kept:previous].zero_()
+            ranks[slot] = kept
         self.batch.scale[slot] = adapter.scale
 
     def clear_slot(self, slot: int) -> None:
         for path, ranks in self.batch.ranks.items():
-            if int(ranks[slot]):
-                for layer in self.layers:
-                    layer[path].clear_slot(slot)
+            previous = int(ranks[slot])
+            if previous:
+                self.slot_a[path][:, :, slot, :previous].zero_()
+                self.slot_b[path][:, slot, :, :previous].zero_()
             ranks[slot] = 0
         self.batch.scale[slot] = 0.0
 

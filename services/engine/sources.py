@@ -21,10 +21,11 @@ class CatalogBlobSource:
 
 
 class BlobStoreSource:
-    """Reads a blob store directly, for the embedded process that holds the catalog itself."""
+    """Reads a blob store directly, for the embedded process that holds the catalog itself. The engine's
+    disk cache verifies the sha256 of what it receives, so the store need not hash it as well."""
 
     def __init__(self, store: BlobStore):
         self._store = store
 
     def fetch(self, sha256: str) -> Iterator[bytes]:
-        return self._store.read_chunks(sha256)
+        return self._store.read_chunks(sha256, verify=False)

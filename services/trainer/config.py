@@ -17,7 +17,9 @@ class TrainerConfig:
     max_rank: int = 128
     state_dir: str = ".mint/trainer-state"
     batch_window_s: float = 0.02    # how long a pass waits for calls from other sessions
-    max_tokens_per_pass: int = 4096  # bounds activation and logit memory per pass
+    # Bounds a pass's activations and logits (~2.3 MB a token at the SmolLM2 shape): peak memory stays flat
+    # however many sessions join, and smaller passes let some policies sample while others train.
+    max_tokens_per_pass: int = 1024
     address: str = "127.0.0.1:0"
     catalog_address: str = ""       # where revisions are published
     api_key: str = ""               # a service key: publishes for the session's tenant
