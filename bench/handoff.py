@@ -29,6 +29,9 @@ merged_s and speedup_r*_x = merged_s / adapter_s_r* are those costs. The full sp
 tokens are reported too (*_16_tokens_s): on a CPU the 16-token decode at batch 1 is most of either, the
 same on both paths. `same_tokens` is the share of merged handoffs whose 16 tokens equal the adapter path's
 for the same weights (greedy; 1.0 means the merge is exact enough not to change them).
+
+For reference, the same run measures transformers + peft's merged handoff of a rank-8 adapter (merge_and_unload,
+save_pretrained, from_pretrained: the 2.1 s the issue quotes) as peft_merged_s, and speedup_vs_peft_r8_x.
 """
 
 from __future__ import annotations
@@ -43,10 +46,10 @@ from pathlib import Path
 
 import torch
 
-from bench.common import make_base, report
+from bench.common import make_base, random_adapter, report
 from mint.adapters import AdapterWeights
 from mint.adapters.packing import lora_targets, pack
-from mint.models.loading import load_model, save_model
+from mint.models.loading import load_model, read_config, save_model
 from mint.models.transformer import Transformer
 from mint.sdk import AdamParams, SamplingParams, ServiceClient, TrainingClient, next_token_datum
 from services.embedded import EmbeddedConfig, EmbeddedStack
@@ -172,6 +175,24 @@ def merged_handoff(stack: EmbeddedStack, policy: Policy, base: Transformer, work
     return handoff, tokens
 
 
+def peft_merged_handoff(base_dir: Path, weights: AdapterWeights, workdir: Path) -> float:
+    """The reference the issue quotes, measured here: transformers + peft's merged handoff of the same
+    adapter (the trainer's PeftModel is loaded beforehand, untimed): merge_and_unload, save_pretrained,
+    and the server's from_pretrained of the result."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    adapter_dir = weights.save(workdir / "peft-adapter")
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32), adapter_dir)
+    target = workdir / "peft-merged"
+    shutil.rmtree(target, ignore_errors=True)
+    start = time.perf_counter()
+    merged = model.merge_and_unload()
+    merged.save_pretrained(target)
+    AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32)
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -192,7 +213,13 @@ def main() -> None:
             results = run(stack, workdir, rounds, reps)
         finally:
             stack.stop()
+        peft_s = statistics.median(
+            peft_merged_handoff(workdir / "base", random_adapter(read_config(workdir / "base"), rank=8, seed=i), workdir) for i in range(2)
+        )
     metrics = summarize(*results)
+    metrics["peft_merged_s"] = peft_s
+    metrics["speedup_vs_peft_r8_x"] = peft_s / metrics["adapter_s_r8"]
+    print(f"transformers + peft merged handoff (merge_and_unload, save_pretrained, from_pretrained): {peft_s:.3f} s")
     params = {"preset": preset, "ranks": list(RANKS), "modules": "all", "new_tokens": NEW_TOKENS, "rounds": rounds, "adapter_reps": reps}
     report("handoff", params, metrics)
 
