@@ -84,6 +84,7 @@ class Scheduler:
         return Step(work=work, num_tokens=sum(w.count for w in work))
 
     def _admit(self, work: list[Work], budget: int) -> None:
+        running_seqs = self.num_running_seqs  # counted once: admitting is linear in the waiting requests
         for request in list(self.waiting):
             if budget == 0:
                 return
@@ -92,7 +93,7 @@ class Scheduler:
                 self.finish(request)
                 request.abort()
                 continue
-            if self.num_running_seqs + len(request.live) > self.max_num_seqs:
+            if running_seqs + len(request.live) > self.max_num_seqs:
                 return
             slot = 0
             if request.adapter is not None:
@@ -112,6 +113,7 @@ class Scheduler:
             request.slot = self.residency.acquire(request.adapter.sha256) if request.adapter else slot
             request.admitted = True
             self.running.append(request)
+            running_seqs += len(request.live)
             for seq in request.live:
                 count = min(seq.pending, budget)
                 if count == 0:
