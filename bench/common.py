@@ -53,6 +53,9 @@ class MemorySource:
     def fetch(self, sha256: str):
         yield self.blobs[sha256]
 
+    def local_path(self, sha256: str):
+        return None  # bytes held in memory: the engine copies and verifies them
+
 
 def copy_bandwidth_gbps(size_mb: int = 256, reps: int = 5) -> float:
     """Host memory copy bandwidth counting read + write, as PERFORMANCE.md reports it."""

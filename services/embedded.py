@@ -59,7 +59,7 @@ class LocalPublisher:
     def publish(self, session: Session, weights, name: str, metrics: dict[str, float]) -> Published:
         with auth.acting(self._as(session.tenant)):
             revision = self.catalog.publish(
-                session.policy, weights.config.to_json(), [weights.to_safetensors()], source=f"trainer:{session.session_id}/{name}"[:256],
+                session.policy, weights.config.to_json(), weights.safetensors_chunks(), source=f"trainer:{session.session_id}/{name}"[:256],
                 metrics=metrics, idempotency_key=name,
             )
         return Published(address=f"mint://{revision.address}", number=revision.number, adapter=convert.adapter_ref(revision))

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ from mint.adapters.safetensors_file import (
     map_tensors,
     read_header,
     serialize,
+    serialize_chunks,
 )
 from mint.errors import invalid
 
@@ -79,6 +81,10 @@ class AdapterWeights:
 
     def to_safetensors(self) -> bytes:
         return serialize(self.state_dict())
+
+    def safetensors_chunks(self) -> Iterator[bytes | memoryview]:
+        """The same file as `to_safetensors`, as chunks viewing the tensors (for a streaming writer)."""
+        return serialize_chunks(self.state_dict())
 
     def save(self, directory: str | os.PathLike) -> Path:
         path = Path(directory)

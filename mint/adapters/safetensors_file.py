@@ -14,6 +14,7 @@ import mmap
 import os
 import struct
 import warnings
+from collections.abc import Iterator
 from typing import BinaryIO
 
 import torch
@@ -119,18 +120,25 @@ def map_data(path: str | os.PathLike, header: Header) -> torch.Tensor:
 def map_tensors(path: str | os.PathLike, header: Header) -> dict[str, torch.Tensor]:
     """Every tensor as a zero-copy view (see map_data); only the float dtypes MinT stores are allowed."""
     data = map_data(path, header)
+    typed: dict[torch.dtype, torch.Tensor] = {}  # the whole data section viewed as each dtype, made once
     out = {}
     for entry in header.tensors.values():
         dtype = TORCH_DTYPES.get(entry.dtype)
         if dtype is None:
             raise invalid(f"tensor {entry.name!r} has dtype {entry.dtype}, which MinT does not read")
-        out[entry.name] = _typed(data[entry.begin : entry.end], dtype).view(entry.shape)
+        size = dtype.itemsize
+        if entry.begin % size:  # misaligned for its dtype (safetensors' writer never does this): copy
+            out[entry.name] = _typed(data[entry.begin : entry.end], dtype).view(entry.shape)
+            continue
+        if dtype not in typed:
+            typed[dtype] = data[: data.numel() - data.numel() % size].view(dtype)
+        out[entry.name] = typed[dtype][entry.begin // size : entry.end // size].view(entry.shape)
     return out
 
 
 def first_nonfinite(path: str | os.PathLike, header: Header) -> str | None:
-    """The name of a float tensor holding NaN or Inf, else None: one isfinite pass per stretch of
-    adjacent same-dtype tensors (usually the whole file), then a search only if that pass fails."""
+    """The name of a float tensor holding NaN or Inf, else None: one pass per stretch of adjacent
+    same-dtype tensors (usually the whole file), then a search only if that pass fails."""
     data = map_data(path, header)
     stretches: list[list[TensorEntry]] = []
     for entry in sorted(header.tensors.values(), key=lambda e: e.begin):
@@ -143,35 +151,44 @@ def first_nonfinite(path: str | os.PathLike, header: Header) -> str | None:
         dtype = TORCH_DTYPES.get(stretch[0].dtype)
         if dtype is None:
             continue
-        if not torch.isfinite(_typed(data[stretch[0].begin : stretch[-1].end], dtype)).all():
-            return next(e.name for e in stretch if not torch.isfinite(_typed(data[e.begin : e.end], dtype)).all())
+        if not _all_finite(_typed(data[stretch[0].begin : stretch[-1].end], dtype)):
+            return next(e.name for e in stretch if not _all_finite(_typed(data[e.begin : e.end], dtype)))
     return None
+
+
+def _all_finite(values: torch.Tensor) -> bool:
+    """Exact, and ~20x faster than isfinite().all() on a CPU: min and max propagate NaN, and an Inf is one of them."""
+    if values.numel() == 0:
+        return True
+    return bool(torch.stack(torch.aminmax(values)).isfinite().all())
 
 
 def _typed(raw: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """uint8 bytes viewed as `dtype`, copied first if their offset is misaligned for it."""
-    if raw.storage_offset() % raw.new_empty(0, dtype=dtype).element_size():
+    if raw.storage_offset() % dtype.itemsize:
         raw = raw.clone()
     return raw.view(dtype)
 
 
 def serialize(tensors: dict[str, torch.Tensor]) -> bytes:
     """Safetensors bytes, each tensor copied once into the output (safetensors' writer copies twice)."""
-    entries, offset = {}, 0
+    return b"".join(serialize_chunks(tensors))
+
+
+def serialize_chunks(tensors: dict[str, torch.Tensor]) -> Iterator[bytes | memoryview]:
+    """The safetensors file as its header, then each tensor's bytes as a view of the tensor (no copy): a
+    writer that hashes and stores chunks as they come needs no file-sized buffer."""
+    ordered = [(name, tensors[name].contiguous()) for name in tensors]
     # Wider dtypes first, then by name (as safetensors orders them): every tensor stays aligned for its dtype.
-    for name in sorted(tensors, key=lambda n: (-tensors[n].element_size(), n)):
-        t = tensors[name]
+    ordered.sort(key=lambda item: (-item[1].element_size(), item[0]))
+    entries, offset = {}, 0
+    for name, t in ordered:
         nbytes = t.numel() * t.element_size()
         entries[name] = {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     header = json.dumps(entries, separators=(",", ":")).encode()
     header += b" " * (-len(header) % 8)  # the data section starts 8-byte aligned, as safetensors writes it
-    out = bytearray(8 + len(header) + offset)
-    out[:8] = struct.pack("<Q", len(header))
-    out[8 : 8 + len(header)] = header
-    data = torch.frombuffer(out, dtype=torch.uint8, offset=8 + len(header)) if offset else None
-    for name, entry in entries.items():
-        begin, end = entry["data_offsets"]
-        if end > begin:
-            data[begin:end].copy_(tensors[name].contiguous().reshape(-1).view(torch.uint8))
-    return bytes(out)
+    yield struct.pack("<Q", len(header)) + header
+    for _, t in ordered:
+        if t.numel():
+            yield memoryview(t.reshape(-1).view(torch.uint8).numpy())

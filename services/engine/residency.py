@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Protocol
 
 from mint.adapters import AdapterConfig, load_weights
@@ -32,6 +33,10 @@ class AdapterSource(Protocol):
     """Where blobs come from when they are not in the disk cache (the catalog, or a local blob store)."""
 
     def fetch(self, sha256: str) -> Iterable[bytes]: ...
+
+    def local_path(self, sha256: str) -> Path | None:
+        """A file on this machine already holding the verified blob, or None (then `fetch` it)."""
+        ...
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -202,10 +207,7 @@ class Residency:
     def _load(self, spec: AdapterSpec) -> None:
         start = time.perf_counter()
         try:
-            if self.disk.touch(spec.sha256):
-                path = self.disk.path(spec.sha256)
-            else:
-                path = self.disk.write(spec.sha256, self.source.fetch(spec.sha256))
+            path = self._on_disk(spec.sha256)
             packed = pack(load_weights(spec.config, path, self.dtype), self.model_config, self.dtype)
         except Exception as err:
             error = err if isinstance(err, MintError) else MintError(Code.INTERNAL, f"loading adapter {spec.address} failed: {err}")
@@ -223,6 +225,14 @@ class Residency:
             self.counters.load_seconds.append(time.perf_counter() - start)
             del self.counters.load_seconds[:-1000]
         self._notify(spec.sha256)
+
+    def _on_disk(self, sha256: str) -> Path:
+        if self.disk.touch(sha256):
+            return self.disk.path(sha256)
+        local = self.source.local_path(sha256)
+        if local is not None and (path := self.disk.link(sha256, local)) is not None:
+            return path
+        return self.disk.write(sha256, self.source.fetch(sha256))
 
     def _notify(self, sha256: str) -> None:
         for callback in self.on_loaded:

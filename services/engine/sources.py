@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 
@@ -19,13 +20,20 @@ class CatalogBlobSource:
     def fetch(self, sha256: str) -> Iterator[bytes]:
         return self._client.download_blob(sha256)
 
+    def local_path(self, sha256: str) -> Path | None:
+        return None
+
 
 class BlobStoreSource:
-    """Reads a blob store directly, for the embedded process that holds the catalog itself. The engine's
-    disk cache verifies the sha256 of what it receives, so the store need not hash it as well."""
+    """Reads a blob store directly, for the embedded process that holds the catalog itself. A local store's
+    files were verified when they were published, so the disk cache links them; bytes it must copy it
+    verifies itself, so the store need not hash them as well."""
 
     def __init__(self, store: BlobStore):
         self._store = store
 
     def fetch(self, sha256: str) -> Iterator[bytes]:
         return self._store.read_chunks(sha256, verify=False)
+
+    def local_path(self, sha256: str) -> Path | None:
+        return self._store.local_path(sha256)

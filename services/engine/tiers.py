@@ -1,7 +1,8 @@
 """The engine's three adapter tiers, each bounded in bytes with LRU eviction.
 
 - `DiskCache`: adapter_model.safetensors files in a local content-addressed directory, filled from the
-  catalog's blob store; verified by sha256 as they are written.
+  catalog's blob store; verified by sha256 as they are written (or hard-linked from an in-process
+  catalog's blob store, which verified them when they were published).
 - `HostCache`: adapters parsed and packed for slot copies (`PackedAdapter`), in host memory.
 - `SlotPool`: which adapter occupies which device slot; slots in use by running sequences or pinned are
   never evicted.
@@ -71,6 +72,20 @@ class DiskCache:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        return self._add(sha256, size)
+
+    def link(self, sha256: str, verified: Path) -> Path | None:
+        """Cache a file already verified on this filesystem (an in-process catalog's blob) by a hard link:
+        no copy and no second hash. None when it cannot be linked (another filesystem): write instead."""
+        try:
+            os.link(verified, self.path(sha256))
+        except FileExistsError:
+            pass  # another loader linked or wrote the same content
+        except OSError:
+            return None
+        return self._add(sha256, verified.stat().st_size)
+
+    def _add(self, sha256: str, size: int) -> Path:
         with self._lock:
             if sha256 not in self._files:
                 self._files[sha256] = size

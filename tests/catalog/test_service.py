@@ -192,6 +192,12 @@ def _config(**changes) -> str:
 
 
 Q_A = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+def _finite_but(value: float) -> torch.Tensor:
+    tensor = torch.randn(4, 64)
+    tensor[2, 17] = value
+    return tensor
+
+
 BAD_INPUTS = {
     "empty file": lambda: (_good()[0], b""),
     "truncated length": lambda: (_good()[0], b"\x10\x00\x00"),
@@ -206,6 +212,8 @@ BAD_INPUTS = {
     "float64": lambda: _with_tensor(Q_A, torch.zeros(4, 64, dtype=torch.float64)),
     "nan": lambda: _with_tensor(Q_A, torch.full((4, 64), float("nan"))),
     "inf": lambda: _with_tensor(Q_A, torch.full((4, 64), float("inf"))),
+    "one nan": lambda: _with_tensor(Q_A, _finite_but(float("nan"))),
+    "one -inf": lambda: _with_tensor(Q_A, _finite_but(float("-inf"))),
     "shape mismatch": lambda: _with_tensor(Q_A, torch.zeros(4, 63)),
     "rank mismatch": lambda: _with_tensor(Q_A, torch.zeros(5, 64)),
     "unknown module": lambda: _with_tensor("base_model.model.model.layers.0.self_attn.rotary.lora_A.weight", torch.zeros(4, 64)),

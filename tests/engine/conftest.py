@@ -34,6 +34,9 @@ class MemorySource:
             raise OSError(f"blob {sha256[:12]} is unreachable")
         yield self.blobs[sha256]
 
+    def local_path(self, sha256: str):
+        return None  # bytes held in memory: the engine copies and verifies them
+
 
 def random_adapter(config: ModelConfig, *, rank: int, seed: int, modules=LORA_MODULES, use_rslora=False, alpha=None, scale=0.05) -> AdapterWeights:
     gen = torch.Generator().manual_seed(seed)
