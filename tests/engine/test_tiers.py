@@ -10,6 +10,7 @@ from mint.adapters.packing import pack
 from mint.models.loading import read_config
 from services.engine.engine import collect
 from services.engine.sampling import SamplingParams
+from services.engine.tiers import DiskCache
 from tests.engine.conftest import publish, random_adapter, wait_resident
 
 
@@ -44,3 +45,20 @@ def test_sweeping_2000_adapters_through_budgets_for_64(tiny_base_dir, make_engin
     assert process.memory_info().rss < rss_after_first + 64 * 1024**2
     # An adapter swept out long ago comes back on request.
     wait_resident(engine, specs[0])
+
+
+def test_disk_cache_links_verified_files_and_evicting_them_leaves_the_original(tmp_path):
+    originals = []
+    for i in range(3):
+        original = tmp_path / "store" / f"blob-{i}"
+        original.parent.mkdir(exist_ok=True)
+        original.write_bytes(bytes([i]) * 1000)
+        originals.append(original)
+    cache = DiskCache(tmp_path / "cache", budget_bytes=2000)
+    for i, original in enumerate(originals):
+        linked = cache.link(f"{i:064x}", original)
+        assert linked is not None and linked.read_bytes() == original.read_bytes()
+        assert linked.stat().st_ino == original.stat().st_ino  # a link, not a copy
+    assert f"{0:064x}" not in cache and cache.used_bytes == 2000  # the oldest was evicted...
+    assert all(original.read_bytes() for original in originals)  # ...from the cache only
+    assert cache.link(f"{9:064x}", tmp_path / "store" / "missing") is None  # the caller fetches instead
