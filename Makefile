@@ -32,7 +32,7 @@ schema: install
 	$(BIN)/python -m services.catalog.schema_dump > migrations/schema.sql
 
 bench-quick: install
-	for b in catalog_scale; do $(BIN)/python -m bench.$$b --quick || exit 1; done
+	for b in catalog_scale engine_mixed adapter_load handoff multipolicy sweep wave kernels_gpu; do $(BIN)/python -m bench.$$b --quick || exit 1; done
 
 clean:
 	rm -rf $(VENV) .mint .pytest_cache .ruff_cache
