@@ -79,7 +79,7 @@ def run_demo(*, data_dir: str = ".mint/demo", tiny: bool = False, steps: int = 0
 def _train(service: ServiceClient, tokenizer, base_model: str, steps: int, console: Console) -> None:
     console.rule("1. three policies, trained at once on the shared base")
     config = SFTConfig(steps=steps, batch_size=2, learning_rate=2e-3, warmup_steps=3, publish_every=steps // 2)
-    columns = (TextColumn("{task.description:>14}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[info]}"))
+    columns = (TextColumn("{task.description:>14}"), BarColumn(bar_width=16), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[info]}"))
     errors: list[BaseException] = []
     with Progress(*columns, console=console) as progress:
         bars = {name: progress.add_task(f"demo-{name}", total=steps, info="") for name in POLICIES}
@@ -117,7 +117,7 @@ def _side_by_side(service: ServiceClient, base_model: str, console: Console) -> 
     table = Table(show_lines=True)
     table.add_column("prompt")
     for who in samplers:
-        table.add_column(who if who == "base" else f"demo-{who}@latest")
+        table.add_column(who if who == "base" else f"demo-{who}\n@latest")
     for i, prompt in enumerate(PROMPTS):
         table.add_row(prompt, *(futures[(who, i)].result().sequences[0].text.strip() for who in samplers))
     console.print(table)

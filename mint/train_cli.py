@@ -55,8 +55,8 @@ def _run(args, address: str, api_key: str, console: Console) -> int:
         def on_step(report) -> None:
             shown = "  ".join(f"{k} {v:.4g}" for k, v in report.metrics.items())
             progress.update(bar, advance=1, metrics=shown)
-            if report.published:
-                progress.console.print(f"step {report.step}: published {report.published}")
+            published = f"  -> {report.published}" if report.published else ""
+            progress.console.print(f"step {report.step:>4}  {shown}{published}")  # the run's curve stays on screen
 
         if args.recipe == "sft":
             from mint.recipes.sft import SFTConfig, run_sft

@@ -35,9 +35,10 @@ def brevity(prompt: str, completion: str, answer: str) -> float:
 
 @reward("exact_number")
 def exact_number(prompt: str, completion: str, answer: str) -> float:
-    """1 when the first number in the completion is the answer."""
-    match = re.search(r"-?\d+", completion)
-    return float(match is not None and match.group() == answer)
+    """1 when the last number in the completion is the answer ("7 + 12 = 19" counts: small models restate
+    the question before answering)."""
+    numbers = re.findall(r"-?\d+", completion)
+    return float(bool(numbers) and numbers[-1] == answer)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from mint import auth
 from mint.procs import ServiceProcess
 from mint.recipes.grpo import GRPOConfig, run_grpo
 from mint.recipes.sft import SFTConfig, run_sft
-from mint.recipes.tasks import SFT_TASKS
+from mint.recipes.tasks import REWARDS, SFT_TASKS
 from mint.sdk import CatalogClient, ServiceClient
 from mint.server import channel
 from services.embedded import EmbeddedConfig, EmbeddedStack
@@ -21,6 +21,14 @@ def stack(trainer_base, tmp_path):
     yield stack, service
     service.close()
     stack.stop()
+
+
+@pytest.mark.parametrize(
+    "completion, expected",
+    [("19", 1.0), ("7 + 12 = 19", 1.0), ("The answer is 19.", 1.0), ("19? No, 18", 0.0), ("nineteen", 0.0), ("-19", 0.0)],
+)
+def test_exact_number_reads_the_final_number(completion, expected):
+    assert REWARDS["exact_number"]("What is 7 + 12?", completion, "19") == expected
 
 
 def test_sft_on_a_builtin_task_halves_the_loss_within_200_steps(stack):
