@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from mint.models.gguf_import import fetch_smollm2, import_gguf
@@ -79,7 +79,7 @@ def run_demo(*, data_dir: str = ".mint/demo", tiny: bool = False, steps: int = 0
 def _train(service: ServiceClient, tokenizer, base_model: str, steps: int, console: Console) -> None:
     console.rule("1. three policies, trained at once on the shared base")
     config = SFTConfig(steps=steps, batch_size=2, learning_rate=2e-3, warmup_steps=3, publish_every=steps // 2)
-    columns = (TextColumn("{task.description:>14}"), BarColumn(bar_width=16), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[info]}"))
+    columns = (TextColumn("{task.description:>14}"), BarColumn(bar_width=16), MofNCompleteColumn(), TextColumn("{task.fields[info]}"))
     errors: list[BaseException] = []
     with Progress(*columns, console=console) as progress:
         bars = {name: progress.add_task(f"demo-{name}", total=steps, info="") for name in POLICIES}
