@@ -33,6 +33,9 @@ class FleetAgent:
             disk_bytes=residency.disk.budget_bytes,
         )
         self._stop = threading.Event()
+        # A resident-set report and a load's ack are serialized: a report computed before a load finished
+        # but sent after its ack would otherwise take the adapter back out of the holders index.
+        self._report_lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def start(self) -> FleetAgent:
@@ -66,10 +69,11 @@ class FleetAgent:
                         registered = False
                         continue
                     next_beat = now + self.scheduler.heartbeat_s
-                resident = self.engine.residency.resident()
-                if resident != reported:
-                    self.scheduler.set_resident(self.info.engine_id, resident)
-                    reported = resident
+                with self._report_lock:
+                    resident = self.engine.residency.resident()
+                    if resident != reported:
+                        self.scheduler.set_resident(self.info.engine_id, resident)
+                        reported = resident
                 block = max(0.01, min(0.25, next_beat - time.monotonic()))
                 for entry_id, item in self.scheduler.next_loads(self.info.engine_id, 16, block):
                     self._load(entry_id, item)
@@ -89,7 +93,8 @@ class FleetAgent:
         def done(f) -> None:
             error = f.exception()
             try:
-                self.scheduler.ack_load(self.info.engine_id, entry_id, item, error=str(error) if error else None)
+                with self._report_lock:
+                    self.scheduler.ack_load(self.info.engine_id, entry_id, item, error=str(error) if error else None)
             except MintError as err:
                 log.warning("fleet: could not ack load of %s: %s", item.sha256[:12], err)
 
