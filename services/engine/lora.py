@@ -47,7 +47,8 @@ class LoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
         meta = self.batch.meta
-        if meta is None or meta.no_lora:
+        # No adapter of this step targets this projection (q,k,v,o adapters in the MLP): skip it outright.
+        if meta is None or meta.no_lora or not any(meta.run_ranks(self.slot_ranks)):
             return out
         y = lora_shrink(x, self.lora_a, meta, self.slot_ranks)
         lora_expand(y, self.lora_b, self.offsets, meta, self.slot_ranks, self.batch.scale, out)

@@ -78,6 +78,16 @@ def test_logprobs_and_greedy_match_transformers_peft(base, make_engine, source, 
             expected = hf_logprobs(model, prompt)
         assert torch.allclose(torch.tensor(got), expected, atol=1e-4, rtol=0), (i, (torch.tensor(got) - expected).abs().max())
 
+    # A step where no adapter targets o, gate/up or k: those projections are skipped, the rest still apply.
+    partial = len(specs) - 1
+    with engine.hold():
+        requests = [engine.score(specs[partial], p) for p in PROMPTS]
+    model.set_adapter(names[partial])
+    for prompt, request in zip(PROMPTS, requests, strict=True):
+        collect(request, 60)
+        got, expected = torch.tensor(request.prompt_logprobs), hf_logprobs(model, prompt)
+        assert torch.allclose(got, expected, atol=1e-4, rtol=0), (got - expected).abs().max()
+
     # Greedy generation, all adapters in one running batch, token for token.
     params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
     with engine.hold():
