@@ -8,6 +8,7 @@ takes loads queued for it (waves, re-placements), acking each when its backgroun
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 
@@ -33,9 +34,9 @@ class FleetAgent:
             disk_bytes=residency.disk.budget_bytes,
         )
         self._stop = threading.Event()
-        # A resident-set report and a load's ack are serialized: a report computed before a load finished
-        # but sent after its ack would otherwise take the adapter back out of the holders index.
-        self._report_lock = threading.Lock()
+        # Finished loads, acked by the agent's own thread (see _run); their count not yet acked.
+        self._finished: queue.SimpleQueue[tuple[str, LoadItem, str | None]] = queue.SimpleQueue()
+        self._in_flight = 0
         self._thread: threading.Thread | None = None
 
     def start(self) -> FleetAgent:
@@ -69,12 +70,15 @@ class FleetAgent:
                         registered = False
                         continue
                     next_beat = now + self.scheduler.heartbeat_s
-                with self._report_lock:
-                    resident = self.engine.residency.resident()
-                    if resident != reported:
-                        self.scheduler.set_resident(self.info.engine_id, resident)
-                        reported = resident
-                block = max(0.01, min(0.25, next_beat - time.monotonic()))
+                # Acks, then the resident set, from this one thread: a report is never older than a load
+                # acked before it (a stale report would take a fresh holder back out of the index).
+                self._ack_finished(until=next_beat)
+                resident = self.engine.residency.resident()
+                if resident != reported:
+                    self.scheduler.set_resident(self.info.engine_id, resident)
+                    reported = resident
+                # While loads are running, look back soon to ack them; otherwise wait until the next beat.
+                block = 0.01 if self._in_flight else max(0.01, min(0.25, next_beat - time.monotonic()))
                 for entry_id, item in self.scheduler.next_loads(self.info.engine_id, 16, block):
                     self._load(entry_id, item)
             except MintError as err:  # the scheduler is unreachable: keep trying, serving meanwhile
@@ -92,10 +96,19 @@ class FleetAgent:
 
         def done(f) -> None:
             error = f.exception()
-            try:
-                with self._report_lock:
-                    self.scheduler.ack_load(self.info.engine_id, entry_id, item, error=str(error) if error else None)
-            except MintError as err:
-                log.warning("fleet: could not ack load of %s: %s", item.sha256[:12], err)
+            self._finished.put((entry_id, item, str(error) if error else None))
 
+        self._in_flight += 1
         future.add_done_callback(done)
+
+    def _ack_finished(self, until: float) -> None:
+        """Ack finished loads until none is left or the next heartbeat is due (a long run of acks must not
+        let the engine pass for dead). One that cannot be acked stays pending in the scheduler and comes
+        back when the engine registers again."""
+        while time.monotonic() < until:
+            try:
+                entry_id, item, error = self._finished.get_nowait()
+            except queue.Empty:
+                return
+            self._in_flight -= 1
+            self.scheduler.ack_load(self.info.engine_id, entry_id, item, error=error)
