@@ -34,7 +34,8 @@ class FleetAgent:
             disk_bytes=residency.disk.budget_bytes,
         )
         self._stop = threading.Event()
-        # Finished loads, acked by the agent's own thread (see _run); their count not yet acked.
+        # Loads finish on loader threads; the agent's own thread acks them (see _run). _in_flight counts
+        # the loads started and not yet acked.
         self._finished: queue.SimpleQueue[tuple[str, LoadItem, str | None]] = queue.SimpleQueue()
         self._in_flight = 0
         self._thread: threading.Thread | None = None
