@@ -17,6 +17,9 @@ class _Cancelled(Exception):
     pass
 
 
+_END = object()  # the job's thread is done: the stream ends (after any error it reported)
+
+
 class RecipeJob:
     def __init__(self, gateway_address: str, api_key: str, request: trainer_pb2.RunRecipeRequest):
         self.gateway_address = gateway_address
@@ -30,27 +33,27 @@ class RecipeJob:
 
     def run(self):
         threading.Thread(target=self._work, name="recipe-job", daemon=True).start()
-        while True:
-            item = self._events.get()
+        while (item := self._events.get()) is not _END:
             if isinstance(item, BaseException):
                 raise item
             yield item
-            if item.done:
-                return
 
     def _work(self) -> None:
+        service = ServiceClient(self.gateway_address, self.api_key)
         try:
-            self._run_recipe()
+            self._run_recipe(service)
         except _Cancelled:
             pass
         except MintError as err:
             self._events.put(err)
         except Exception as err:  # a recipe bug is reported to the caller, not swallowed
             self._events.put(MintError(Code.INTERNAL, f"recipe failed: {err}"))
+        finally:  # a cancelled job, or one that ends early, must not leave the streaming call waiting forever
+            service.close()
+            self._events.put(_END)
 
-    def _run_recipe(self) -> None:
+    def _run_recipe(self, service: ServiceClient) -> None:
         request = self.request
-        service = ServiceClient(self.gateway_address, self.api_key)
         s = request.session
         client = service.create_lora_training_client(
             s.base_model, s.policy, rank=s.rank or 16, alpha=s.alpha, train_attn=s.train_attn or not s.train_mlp,
@@ -72,7 +75,6 @@ class RecipeJob:
             )
             total = config.steps
             run_grpo(service, client, tokenizer, config, lambda rep: self._report(client, rep, total))
-        service.close()
 
     def _report(self, client, report, total: int) -> None:
         if self._cancelled.is_set():
