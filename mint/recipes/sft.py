@@ -42,12 +42,14 @@ def batch_indices(step: int, config: SFTConfig, num_examples: int) -> list[int]:
     """The examples of a step: epochs of a seeded shuffle, a pure function of the step, so a run resumed
     at step k sees exactly the batches the original run would have."""
     size = min(config.batch_size, num_examples)
+    orders: dict[int, list[int]] = {}  # a step spans at most two epochs: shuffle each once
     out = []
     for position in range(step * size, (step + 1) * size):
         epoch, index = divmod(position, num_examples)
-        order = list(range(num_examples))
-        random.Random(config.seed * 1_000_003 + epoch).shuffle(order)
-        out.append(order[index])
+        if epoch not in orders:
+            orders[epoch] = list(range(num_examples))
+            random.Random(config.seed * 1_000_003 + epoch).shuffle(orders[epoch])
+        out.append(orders[epoch][index])
     return out
 
 
