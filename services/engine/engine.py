@@ -250,8 +250,10 @@ class Engine:
             self._sample(logits, samplers)
 
     def _sample(self, logits: torch.Tensor, samplers: list[tuple[Seq, int]]) -> None:
-        index = torch.tensor([row for _, row in samplers], device=self.device)
-        tokens, logprobs = sample(logits[index], [s.request.params for s, _ in samplers], [s.generator for s, _ in samplers])
+        rows = [row for _, row in samplers]
+        if rows != list(range(logits.shape[0])):  # forked samples share their parent's row
+            logits = logits.index_select(0, torch.tensor(rows, device=self.device))
+        tokens, logprobs = sample(logits, [s.request.params for s, _ in samplers], [s.generator for s, _ in samplers])
         now = time.monotonic()
         touched: dict[int, Request] = {}
         for (seq, _), token, logprob in zip(samplers, tokens, logprobs, strict=True):
