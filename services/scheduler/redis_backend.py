@@ -266,7 +266,8 @@ class RedisScheduler:
         pipe = self.redis.pipeline(transaction=False)
         for key in (wave, f"{wave}:engine", f"{wave}:state", f"{wave}:bytes"):
             pipe.hgetall(key)
-        meta, engine_of, state_of, placed_bytes = pipe.execute()
+        pipe.zrangebyscore(self._key("engine", "seen"), self._cutoff(), "+inf")
+        meta, engine_of, state_of, placed_bytes, live = pipe.execute()
         if not meta:
             raise no_wave(wave_id, self.config.wave_ttl_s)
         states, reasons = {}, {}
@@ -282,6 +283,7 @@ class RedisScheduler:
             states,
             {engine_id.decode(): int(n) for engine_id, n in placed_bytes.items()},
             reasons,
+            {engine_id.decode() for engine_id in live},
         )
 
     # --- load queues -----------------------------------------------------------------------------------

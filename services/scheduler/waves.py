@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import enum
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 
 from services.scheduler.base import LoadItem, WaveShare, WaveStatus
 
@@ -39,10 +40,13 @@ def summarize(
     state_of: Mapping[str, ItemState],
     bytes_by_engine: Mapping[str, int],
     reasons: Mapping[str, str],
+    live: AbstractSet[str],
 ) -> WaveStatus:
+    """An item counts as resident only on a live engine: between an engine's death and the reaper moving
+    its items, the wave must not report ready on adapters that nothing alive holds."""
     adapters: collections.Counter[str] = collections.Counter(engine_of.values())
     resident: collections.Counter[str] = collections.Counter(
-        engine_of[sha] for sha, state in state_of.items() if state is ItemState.RESIDENT
+        engine_of[sha] for sha, state in state_of.items() if state is ItemState.RESIDENT and engine_of[sha] in live
     )
     failed = sorted(sha for sha, state in state_of.items() if state is ItemState.FAILED)
     shares = tuple(

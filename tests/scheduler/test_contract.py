@@ -270,6 +270,22 @@ def test_reaping_re_places_a_wave_share_onto_live_engines(scheduler, clock):
     assert scheduler.wave_status(wave_id).resident == 10
 
 
+def test_a_wave_is_not_ready_on_an_engine_that_died_before_the_reaper_ran(scheduler, clock):
+    add_engine(scheduler, "a")
+    add_engine(scheduler, "b")
+    wave_id = scheduler.activate_wave("w", "tiny", [item(i) for i in range(10)])
+    for engine_id in ("a", "b"):
+        for entry_id, load in drain(scheduler, engine_id):
+            scheduler.ack_load(engine_id, entry_id, load)
+    assert scheduler.wave_status(wave_id).ready
+    clock.advance(3.5)
+    scheduler.heartbeat("b", EngineLoad())  # "a" is dead but not reaped yet: its share no longer counts
+    status = scheduler.wave_status(wave_id)
+    on_b = next(s.adapters for s in status.engines if s.engine_id == "b")
+    assert (status.resident, status.ready) == (on_b, False)
+    assert 0 < on_b < 10
+
+
 def test_next_loads_waits_for_a_load(scheduler):
     add_engine(scheduler, "a")
     got = []
