@@ -186,8 +186,7 @@ class MemoryScheduler:
             wave = self._waves.get(wave_id)
             if wave is None or wave.expires <= self._clock():
                 raise no_wave(wave_id, self.config.wave_ttl_s)
-            cutoff = self._clock() - self.config.dead_after_s
-            live = {engine_id for engine_id, seen in self._seen.items() if seen >= cutoff}
+            live = self._live(wave.base_model, self._clock()).keys()
             return summarize(
                 wave_id, wave.name, wave.engine_of, wave.state_of, wave.bytes_by_engine(), wave.reasons, live
             )
