@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 
 from mint import auth
 from mint.errors import Code, MintError
+from mint.runtime import serial_thread
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ def build_server(
 ) -> tuple[grpc.Server, int]:
     """A server bound to its port but not started: returns (server, port). Call `server.start()`."""
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc", initializer=serial_thread),
         interceptors=[MintInterceptor(authenticator)],
         options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=max_workers * 4,

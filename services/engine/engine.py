@@ -23,6 +23,7 @@ import torch
 from mint.errors import Code, MintError, invalid
 from mint.models.loading import load_model
 from mint.models.tokenizer import Tokenizer
+from mint.runtime import compute_threads, release_workers
 from services.engine.attention import PagedAttention, SeqSpan
 from services.engine.config import EngineConfig
 from services.engine.kv_cache import KVCache
@@ -78,6 +79,7 @@ class Engine:
         self.tokens_generated = 0
         self.requests_finished = 0
         self.steps = 0
+        release_workers()  # the model is built: the step thread is the one to hold OpenMP workers
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
@@ -183,12 +185,13 @@ class Engine:
                 if step is not None:
                     self._run(step)
             if step is None:
+                release_workers()  # idle: leave the cores to the process's other compute thread, if any
                 self._wake.wait(0.05)
                 self._wake.clear()
 
     def _run(self, step: Step) -> None:
         try:
-            with torch.inference_mode():
+            with compute_threads.working(), torch.inference_mode():
                 self._execute(step)
         except Exception as err:  # a bug must fail the step's requests, not the engine
             log.exception("engine step failed")

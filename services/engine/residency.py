@@ -23,6 +23,7 @@ from mint.adapters import AdapterConfig, load_weights
 from mint.adapters.packing import pack
 from mint.errors import Code, MintError, invalid
 from mint.models.config import ModelConfig
+from mint.runtime import serial_thread
 from services.engine.lora import LoRAModel
 from services.engine.tiers import DiskCache, HostCache, SlotPool
 
@@ -186,6 +187,7 @@ class Residency:
         return future
 
     def _loader(self) -> None:
+        serial_thread()  # a load is copies and header checks; the step thread keeps the cores
         while True:
             with self._lock:
                 while not self._closed and not self._urgent and not self._background:

@@ -26,6 +26,7 @@ from mint.models.attention import VarlenAttention
 from mint.models.loading import load_model
 from mint.names import check_name
 from mint.params import AdamParams
+from mint.runtime import compute_threads, release_workers
 from services.trainer.config import TrainerConfig
 from services.trainer.lora import LoRAPass, TrainableLoRA
 from services.trainer.losses import Datum, check_loss, datum_loss
@@ -84,6 +85,7 @@ class Trainer:
         self.passes = 0
         self._worker = threading.Thread(target=self._loop, name="trainer-passes", daemon=True)
         self._worker.start()
+        release_workers()  # the model is built: the pass thread is the one to hold OpenMP workers
 
     def close(self) -> None:
         with self._cond:
@@ -184,6 +186,8 @@ class Trainer:
     def _loop(self) -> None:
         while True:
             with self._cond:
+                if not self._queue:
+                    release_workers()  # idle: leave the cores to the process's other compute thread, if any
                 while not self._queue and not self._stop:
                     self._cond.wait()
                 if self._stop:
@@ -231,7 +235,8 @@ class Trainer:
 
     def _run(self, calls: list[_Call], *, backward: bool) -> None:
         try:
-            results = self._pass(calls, backward=backward)
+            with compute_threads.working():
+                results = self._pass(calls, backward=backward)
         except Exception as err:
             log.exception("training pass failed")
             error = err if isinstance(err, MintError) else MintError(Code.INTERNAL, f"training pass failed: {err}")
