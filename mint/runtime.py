@@ -96,26 +96,32 @@ class _ComputeThreads:
 
     @contextlib.contextmanager
     def working(self) -> Iterator[None]:
+        """Around one step or pass: takes this thread's share of the cores for it."""
+        with self._lock:
+            self._busy += 1
+        try:
+            self.rebalance()
+            yield
+        finally:
+            with self._lock:
+                self._busy -= 1
+
+    def rebalance(self) -> None:
+        """Take this thread's current share again, inside `working`: a pass that runs for seconds calls it
+        between layers, so it widens once the other compute thread goes idle (and narrows when it starts)."""
         lib = _openmp()
         if lib is None:
-            yield
             return
         local = self._local
         if not hasattr(local, "full"):
             local.full = local.current = sys.modules["torch"].get_num_threads()
         with self._lock:
-            self._busy += 1
-            share = max(1, local.full // self._busy)
+            share = max(1, local.full // max(1, self._busy))
         if share != local.current:
             if share < local.current:
-                lib.omp_pause_resource_all(_OMP_PAUSE_SOFT)
+                lib.omp_pause_resource_all(_OMP_PAUSE_SOFT)  # let the surplus workers go, not idle at a dock
             lib.omp_set_num_threads(share)
             local.current = share
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._busy -= 1
 
 
 compute_threads = _ComputeThreads()

@@ -103,3 +103,28 @@ def test_a_compute_thread_that_starts_while_another_works_gets_half_the_threads(
     full, a, b, b_alone = map(int, out.split())
     assert a == b == full // 2
     assert b_alone == full
+
+
+def test_a_long_pass_widens_between_layers_once_the_other_compute_thread_stops():
+    out = run("""
+        other_in, other_out = threading.Event(), threading.Event()
+
+        def other():
+            with compute_threads.working():
+                other_in.set()
+                other_out.wait()
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        other_in.wait()
+        with compute_threads.working():
+            narrow = torch.get_num_threads()
+            other_out.set()
+            thread.join()
+            compute_threads.rebalance()  # what the trainer's layer hooks call
+            wide = torch.get_num_threads()
+        print(torch.get_num_threads(), narrow, wide)
+    """)
+    full, narrow, wide = map(int, out.split())
+    assert narrow == full // 2
+    assert wide == full

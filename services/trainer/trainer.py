@@ -77,6 +77,8 @@ class Trainer:
         self.model_config = model.config
         self.base_model = config.base_model or Path(config.model_path).name
         self.lora = TrainableLoRA(model)
+        for layer in model.layers:
+            layer.register_forward_pre_hook(_rebalance_between_layers)
         self.publisher = publisher
         self.sessions: dict[str, Session] = {}
         self._queue: list[_Call] = []
@@ -317,3 +319,16 @@ def _merge_into(call: _Call, parts: list[_Call]) -> None:
 
     for part in parts:
         part.future.add_done_callback(done)
+
+
+def _rebalance_between_layers(_layer: torch.nn.Module, args: tuple) -> None:
+    """A pass takes seconds: between layers, forward and backward, it takes its current share of the cores
+    again (the engine in the same process may have started or stopped stepping meanwhile)."""
+    compute_threads.rebalance()
+    hidden = args[0]
+    if hidden.requires_grad:
+        hidden.register_hook(_rebalance_in_backward)
+
+
+def _rebalance_in_backward(grad: torch.Tensor) -> None:
+    compute_threads.rebalance()
