@@ -12,6 +12,7 @@ indexed by key; `keys_per_slot` turns a key back into its slot for the scale and
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -20,20 +21,41 @@ from torch import Tensor
 
 @dataclass(frozen=True, slots=True)
 class SegmentRun:
-    """Consecutive keys `first_key .. first_key + num_keys - 1` that all hold `tokens_per_key` tokens.
+    """Active keys, adjacent in sorted order, that all hold `tokens_per_key` tokens: their tokens are adjacent
+    in sorted order, so the CPU path computes the whole run as one `bmm`.
 
-    Their tokens are adjacent in sorted order and their weights adjacent in the slot tensor, so the
-    CPU path computes the whole run as one `bmm` over views, without copying any weights.
+    `keys` is empty when the keys are consecutive, `first_key .. first_key + num_keys - 1`: their weights are
+    adjacent in the slot tensor and the bmm reads a view of it. Otherwise (slots with idle ones between them,
+    as a decode batch over a large slot pool has) `keys` lists them, and the CPU path gathers their weights
+    when they are small or splits the run into its consecutive `pieces` when copying would cost more.
     """
 
     token_start: int  # offset into sorted_token_ids
     tokens_per_key: int
     first_key: int
     num_keys: int
+    keys: tuple[int, ...] = ()
 
     @property
     def token_end(self) -> int:
         return self.token_start + self.tokens_per_key * self.num_keys
+
+    @property
+    def key_list(self) -> Sequence[int]:
+        return self.keys or range(self.first_key, self.first_key + self.num_keys)
+
+    def pieces(self) -> list[SegmentRun]:
+        """The run as runs of consecutive keys (itself when its keys are consecutive)."""
+        if not self.keys:
+            return [self]
+        pieces: list[SegmentRun] = []
+        for i, key in enumerate(self.keys):
+            last = pieces[-1] if pieces else None
+            if last is not None and last.first_key + last.num_keys == key:
+                pieces[-1] = SegmentRun(last.token_start, self.tokens_per_key, last.first_key, last.num_keys + 1)
+            else:
+                pieces.append(SegmentRun(self.token_start + i * self.tokens_per_key, self.tokens_per_key, key, 1))
+        return pieces
 
 
 @dataclass(slots=True)
@@ -58,6 +80,7 @@ class LoRAMeta:
     runs: tuple[SegmentRun, ...]  # the active keys, grouped for the CPU path
     keys_per_slot: int = 1  # 1 for dense layers; num_experts for MoE rows
     _run_ranks: dict[int, tuple[Tensor, int, tuple[int, ...]]] = field(default_factory=dict, repr=False)
+    _key_index: dict[int, Tensor] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, token_slots: Tensor, slot_ranks: Tensor | None = None) -> LoRAMeta:
@@ -107,6 +130,13 @@ class LoRAMeta:
             meta.run_ranks(slot_ranks)
         return meta
 
+    def key_index(self, run: SegmentRun) -> Tensor:
+        """A run's keys as an index tensor (for gathering its weights), made once per step."""
+        index = self._key_index.get(run.token_start)
+        if index is None:
+            index = self._key_index[run.token_start] = torch.tensor(run.key_list, dtype=torch.int64, device=self.token_slots.device)
+        return index
+
     def run_ranks(self, slot_ranks: Tensor) -> tuple[int, ...]:
         """The largest slot rank within each run.
 
@@ -119,7 +149,7 @@ class LoRAMeta:
         ranks = slot_ranks.tolist()
         per_run = tuple(
             max(
-                ranks[key // self.keys_per_slot] for key in range(run.first_key, run.first_key + run.num_keys)
+                ranks[key // self.keys_per_slot] for key in run.key_list
             )
             for run in self.runs
         )
@@ -128,14 +158,16 @@ class LoRAMeta:
 
 
 def _segment_runs(keys: list[int], counts: list[int], starts: list[int]) -> tuple[SegmentRun, ...]:
-    runs: list[SegmentRun] = []
+    groups: list[tuple[int, int, list[int]]] = []  # (token_start, tokens_per_key, keys)
     for key, count, start in zip(keys, counts, starts, strict=True):
-        last = runs[-1] if runs else None
-        if last is not None and last.first_key + last.num_keys == key and last.tokens_per_key == count:
-            runs[-1] = SegmentRun(last.token_start, count, last.first_key, last.num_keys + 1)
+        if groups and groups[-1][1] == count:
+            groups[-1][2].append(key)
         else:
-            runs.append(SegmentRun(start, count, key, 1))
-    return tuple(runs)
+            groups.append((start, count, [key]))
+    return tuple(
+        SegmentRun(start, count, group[0], len(group), () if group[-1] - group[0] == len(group) - 1 else tuple(group))
+        for start, count, group in groups
+    )
 
 
 @dataclass(slots=True)

@@ -52,26 +52,29 @@ def make_dense_problem(
     in_features: int = 48,
     with_base_tokens: bool = True,
     sorted_tokens: bool = False,
+    gaps: bool = False,
     padding: float = 0.0,
     seed: int = 0,
     device: str = "cpu",
 ) -> DenseProblem:
     """`num_adapters` adapters in slots 1..num_adapters with `ranks` (cycled); r_max = max(ranks).
 
-    Every adapter gets at least one token when num_tokens allows; with_base_tokens adds slot-0 tokens.
-    Weights beyond each slot's rank hold `padding` (zero by the slot manager's convention).
-    Generated on the CPU (the same values everywhere), then moved to `device`.
+    gaps: the adapters sit in odd slots 1, 3, 5, ... instead, with unused slots (holding garbage) between
+    them, as in an engine's large slot pool. Every adapter gets at least one token when num_tokens allows;
+    with_base_tokens adds slot-0 tokens. Weights beyond each slot's rank hold `padding` (zero by the slot
+    manager's convention). Generated on the CPU (the same values everywhere), then moved to `device`.
     """
     gen = torch.Generator().manual_seed(seed)
-    num_slots = num_adapters + 2  # the last slot holds an adapter no token uses
+    adapter_slots = torch.arange(num_adapters) * (2 if gaps else 1) + 1
+    num_slots = int(adapter_slots[-1]) + 2  # the last slot holds an adapter no token uses
     r_max = max(ranks)
     slot_ranks = torch.zeros(num_slots, dtype=torch.int64)
-    for i in range(num_adapters):
-        slot_ranks[i + 1] = ranks[i % len(ranks)]
-    choices = torch.arange(0 if with_base_tokens else 1, num_adapters + 1)
+    for i, slot in enumerate(adapter_slots.tolist()):
+        slot_ranks[slot] = ranks[i % len(ranks)]
+    choices = torch.cat([torch.zeros(1, dtype=torch.int64), adapter_slots]) if with_base_tokens else adapter_slots
     slots = torch.cat(
         [
-            torch.arange(1, num_adapters + 1),
+            adapter_slots,
             choices[torch.randint(len(choices), (max(num_tokens - num_adapters, 0),), generator=gen)],
         ]
     )[:num_tokens]
@@ -82,14 +85,15 @@ def make_dense_problem(
     offsets = (0, *torch.tensor(slice_widths).cumsum(0).tolist())
     lora_a = torch.randn(len(slice_widths), num_slots, r_max, in_features, generator=gen) / in_features**0.5
     lora_b = torch.randn(num_slots, offsets[-1], r_max, generator=gen) / r_max**0.5
-    for slot in range(num_slots):
+    for slot in adapter_slots.tolist():
         lora_a[:, slot, slot_ranks[slot] :] = padding
         lora_b[slot, :, slot_ranks[slot] :] = padding
-    # Slot 0 and the unused slot hold garbage: no op may read them.
-    for slot in (0, num_slots - 1):
+    # Slot 0 and the unused slots hold garbage: no op may read them.
+    unused = sorted(set(range(num_slots)) - set(adapter_slots.tolist()))
+    for slot in unused:
         lora_a[:, slot] = torch.randn(lora_a[:, slot].shape, generator=gen)
         lora_b[slot] = torch.randn(lora_b[slot].shape, generator=gen)
-    slot_ranks[0] = slot_ranks[num_slots - 1] = r_max
+        slot_ranks[slot] = r_max
     slots, slot_ranks = slots.to(device), slot_ranks.to(device)
     return DenseProblem(
         slots=slots,

@@ -48,10 +48,30 @@ def test_run_ranks_take_the_largest_rank_and_follow_in_place_updates():
     slots = torch.tensor([1, 2, 3, 5])
     ranks = torch.tensor([0, 4, 8, 2, 0, 16])
     meta = LoRAMeta.build(slots, ranks)
-    assert [(r.first_key, r.num_keys) for r in meta.runs] == [(1, 3), (5, 1)]
-    assert meta.run_ranks(ranks) == (8, 16)
-    ranks[2] = 1  # a slot reloaded with a lower-rank adapter
-    assert meta.run_ranks(ranks) == (4, 16)
+    assert [(r.first_key, r.num_keys) for r in meta.runs] == [(1, 4)]
+    assert meta.run_ranks(ranks) == (16,)
+    ranks[5] = 2  # a slot reloaded with a lower-rank adapter
+    assert meta.run_ranks(ranks) == (8,)
+
+
+def test_runs_join_scattered_slots_with_equal_counts_and_list_their_keys():
+    # Decode over a large slot pool: one token each in slots 2, 3, 7 and 9, then a prefill of 3 in slot 4.
+    slots = torch.tensor([9, 4, 2, 7, 4, 3, 4])
+    meta = LoRAMeta.build(slots)
+    assert meta.runs == (
+        SegmentRun(token_start=0, tokens_per_key=1, first_key=2, num_keys=2),
+        SegmentRun(token_start=2, tokens_per_key=3, first_key=4, num_keys=1),
+        SegmentRun(token_start=5, tokens_per_key=1, first_key=7, num_keys=2, keys=(7, 9)),
+    )
+    scattered = LoRAMeta.build(torch.tensor([9, 2, 7, 3]))
+    (run,) = scattered.runs
+    assert run.keys == (2, 3, 7, 9) and list(run.key_list) == [2, 3, 7, 9]
+    assert scattered.key_index(run).tolist() == [2, 3, 7, 9]
+    assert run.pieces() == [
+        SegmentRun(token_start=0, tokens_per_key=1, first_key=2, num_keys=2),
+        SegmentRun(token_start=2, tokens_per_key=1, first_key=7, num_keys=1),
+        SegmentRun(token_start=3, tokens_per_key=1, first_key=9, num_keys=1),
+    ]
 
 
 def test_moe_rows_are_keyed_by_slot_and_expert():
