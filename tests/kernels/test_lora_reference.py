@@ -57,7 +57,7 @@ def test_no_lora_step_leaves_out_untouched():
     assert torch.equal(out, before)
 
 
-@pytest.mark.parametrize("gather_max_key_bytes", [64 * 1024, 0], ids=["gathered", "in-pieces"])
+@pytest.mark.parametrize("gather_max_key_bytes", [256 * 1024, 0], ids=["gathered", "in-pieces"])
 def test_a_decode_over_scattered_slots_is_one_run_and_matches_the_definition(monkeypatch, gather_max_key_bytes):
     monkeypatch.setattr(reference, "GATHER_MAX_KEY_BYTES", gather_max_key_bytes)
     p = make_dense_problem(6, 6, [3, 1, 2], (8, 4), with_base_tokens=False, gaps=True)
