@@ -1,4 +1,5 @@
-"""Process-wide settings for MinT's compute processes (engine, trainer, embedded), applied at start-up."""
+"""Process settings for MinT's compute processes (engine, trainer, embedded): the allocator, applied at
+start-up, and which threads hold OpenMP workers."""
 
 from __future__ import annotations
 
@@ -41,8 +42,9 @@ def tune_allocator(threshold_bytes: int = 1 << 30) -> bool:
 # team after the op. Once a process holds more OpenMP threads than cores, every team stops spinning between
 # parallel regions and sleeps on a futex, so each op of the thread doing the real work pays a wake-up. Measured
 # here: a [64,256]x[256,768] matmul on an engine-like step thread took 160 us alone and 250-330 us once the
-# main thread (which loaded the model) held an idle team. So a compute thread (the engine's step loop, the
-# trainer's passes) frees its workers whenever it goes idle, and every other thread runs torch ops serially.
+# main thread (which loaded the model) held an idle team. So the thread that builds a model hands its team back,
+# a compute thread (the engine's step loop, the trainer's passes) frees its team whenever it goes idle, and the
+# other threads that run torch ops (gRPC handlers, adapter loaders) run them serially.
 
 _OMP_PAUSE_SOFT = 1
 
@@ -73,8 +75,8 @@ def release_workers() -> None:
 def serial_thread() -> None:
     """Run the calling thread's torch ops on that thread alone, holding no OpenMP workers.
 
-    For threads that do little compute next to a process's step loop: gRPC handlers, adapter loaders, the
-    main thread once the model is loaded. Per thread: other threads keep their settings.
+    For threads that do little compute next to a process's step loop: gRPC handlers and adapter loaders.
+    Per thread: other threads keep their settings.
     """
     lib = _openmp()
     if lib is None:
