@@ -2,16 +2,18 @@
 
     python -m bench.multipolicy            # SmolLM2-135M shape, then the tiny preset
     python -m bench.multipolicy --quick    # the tiny preset only, fewer steps
+    python -m bench.multipolicy --device cuda --dtype bfloat16   # on a GPU
 
 One EmbeddedStack per shape (engine and trainer configured below; each shape in a fresh process so one
 shape's memory never shows in the other's RSS), driven through the SDK. A run is 4 policies x S steps of
 `mint.recipes.grpo.run_grpo` (its default task, 4 prompts, G = 4, 32 new tokens, rank 16), each policy with a
 fresh training session: `concurrent` starts the 4 recipes on 4 threads at once, `sequential` runs them one
 after another. Each round runs sequential, concurrent, then one round of the ideal's measurements; the
-fastest of each counts: speedup_x = sequential / concurrent. Peak RSS of each run comes from psutil, sampled
-every 10 ms in a background thread from a trimmed heap (`bench.common.PeakRss`); peak_rss_ratio = concurrent
+fastest of each counts: speedup_x = sequential / concurrent. Peak RSS of each run is the kernel's high-water
+mark, reset at its start over a trimmed heap (`bench.common.PeakRss`); peak_rss_ratio = concurrent
 / sequential (highest peak of each mode), under the trainer's per-pass token budget (--max-tokens-per-pass,
-default the trainer's own).
+default the trainer's own). On a GPU (--device cuda) `peak_gpu_ratio` compares the peaks of allocated device
+memory the same way.
 
 The ideal: what batching the 4 policies' work buys on this base, measured in-process on the same engine and
 trainer, with 4 fresh sessions' published adapters loaded.
@@ -62,6 +64,7 @@ PPO = {"clip_low": 0.2, "clip_high": 0.28}
 class Mode:
     seconds: list[float] = dataclasses.field(default_factory=list)
     peak_rss: list[int] = dataclasses.field(default_factory=list)
+    peak_gpu: list[int] = dataclasses.field(default_factory=list)
     engine_steps: list[int] = dataclasses.field(default_factory=list)
     trainer_passes: list[int] = dataclasses.field(default_factory=list)
 
@@ -72,8 +75,8 @@ def grpo_config(steps: int, seed: int) -> GRPOConfig:
 
 def run_policies(
     service: ServiceClient, base_model: str, tokenizer, *, concurrent: bool, steps: int, tag: str, count: int = POLICIES
-) -> tuple[float, int]:
-    """Seconds and peak RSS of `count` policies x `steps` GRPO steps, at once or one after another."""
+) -> tuple[float, PeakRss]:
+    """Seconds and peak memory of `count` policies x `steps` GRPO steps, at once or one after another."""
     clients = [service.create_lora_training_client(base_model, f"mp-{tag}-{i}", rank=RANK, seed=i) for i in range(count)]
     errors: list[BaseException] = []
 
@@ -99,7 +102,7 @@ def run_policies(
         raise errors[0]
     for client in clients:
         client.close()
-    return elapsed, rss.peak_bytes
+    return elapsed, rss
 
 
 # --- the ideal ------------------------------------------------------------------------------------------------
@@ -199,12 +202,13 @@ def measure_ideal(stack: EmbeddedStack, service: ServiceClient, tokenizer, ideal
 # --- one shape ----------------------------------------------------------------------------------------------------
 
 
-def bench_shape(preset: str, workdir: Path, *, steps: int, rounds: int, trainer: dict) -> dict[str, float]:
+def bench_shape(preset: str, workdir: Path, *, steps: int, rounds: int, trainer: dict, engine: dict) -> dict[str, float]:
     """Every measurement for one shape. Each round: a sequential run, a concurrent run, one ideal round."""
     make_base(workdir / preset, preset)
     stack = EmbeddedStack(
         EmbeddedConfig(
-            model_path=str(workdir / preset), data_dir=str(workdir / f"stack-{preset}"), address="127.0.0.1:0", engine=ENGINE, trainer=trainer
+            model_path=str(workdir / preset), data_dir=str(workdir / f"stack-{preset}"), address="127.0.0.1:0",
+            engine={**ENGINE, **engine}, trainer=trainer,
         )
     ).start()
     try:
@@ -218,11 +222,12 @@ def bench_shape(preset: str, workdir: Path, *, steps: int, rounds: int, trainer:
                 steps_before, passes_before = stack.engine.steps, stack.trainer.passes
                 seconds, peak = run_policies(service, stack.base_model, tokenizer, concurrent=name == "concurrent", steps=steps, tag=f"{name}-{round_index}")
                 mode.seconds.append(seconds)
-                mode.peak_rss.append(peak)
+                mode.peak_rss.append(peak.peak_bytes)
+                mode.peak_gpu.append(peak.peak_device_bytes)
                 mode.engine_steps.append(stack.engine.steps - steps_before)
                 mode.trainer_passes.append(stack.trainer.passes - passes_before)
                 print(
-                    f"  {preset} {name:<11}{seconds:8.2f} s  peak RSS {peak / 2**30:.2f} GiB  engine steps {mode.engine_steps[-1]}  "
+                    f"  {preset} {name:<11}{seconds:8.2f} s  peak RSS {peak.peak_bytes / 2**30:.2f} GiB  engine steps {mode.engine_steps[-1]}  "
                     f"trainer passes {mode.trainer_passes[-1]}",
                     flush=True,
                 )
@@ -277,6 +282,9 @@ def summarize(preset: str, modes: dict[str, Mode], ideal: Ideal, steps: int, fb_
         "trainer_passes_sequential": float(min(modes["sequential"].trainer_passes)),
         "trainer_passes_concurrent": float(min(modes["concurrent"].trainer_passes)),
     }
+    if max(modes["sequential"].peak_gpu):
+        metrics["peak_gpu_ratio"] = max(modes["concurrent"].peak_gpu) / max(modes["sequential"].peak_gpu)
+        metrics["peak_gpu_sequential_gib"] = max(modes["sequential"].peak_gpu) / 2**30
     print(f"\n{preset}: 4 policies x {steps} GRPO steps; trainer budget {fb_budget} tokens per pass")
     print(f"{'':<14}{'4 separate s':>14}{'combined s':>12}{'gain x':>9}")
     print(f"{'sampling':<14}{ideal.sample_sep:>14.3f}{ideal.sample_comb:>12.3f}{metrics['sample_ideal_x']:>9.2f}")
@@ -292,8 +300,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=0, help="GRPO steps per policy")
     parser.add_argument("--rounds", type=int, default=0, help="runs of each mode, alternating")
     parser.add_argument("--max-tokens-per-pass", type=int, default=0, help="the trainer's per-pass token budget (0: its default)")
+    parser.add_argument("--device", default="cpu", help="where the engine and trainer run: cpu or cuda")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="the base model's dtype")
     args = parser.parse_args()
-    trainer = {"max_tokens_per_pass": args.max_tokens_per_pass} if args.max_tokens_per_pass else {}
+    placement = {"device": args.device, "dtype": args.dtype}
+    trainer = placement | ({"max_tokens_per_pass": args.max_tokens_per_pass} if args.max_tokens_per_pass else {})
     presets = ("tiny",) if args.quick else ("smollm2-shape", "tiny")
     steps = args.steps or (2 if args.quick else 3)
     torch.manual_seed(0)
@@ -301,13 +312,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for preset in presets:
             rounds = args.rounds or (2 if preset == "tiny" else 1)
-            results[preset] = bench_shape_isolated(preset, Path(tmp), steps=steps, rounds=rounds, trainer=trainer)
+            results[preset] = bench_shape_isolated(preset, Path(tmp), steps=steps, rounds=rounds, trainer=trainer, engine=placement)
     metrics: dict[str, float] = {}
     if "smollm2-shape" in results:
         metrics.update(results["smollm2-shape"])
     metrics.update({f"{key}_tiny": value for key, value in results["tiny"].items()})
     params = {"presets": list(presets), "policies": POLICIES, "steps": steps, "prompts": PROMPTS, "group_size": GROUP, "new_tokens": NEW_TOKENS, "rank": RANK,
-              "max_tokens_per_pass": args.max_tokens_per_pass or TrainerConfig(model_path="").max_tokens_per_pass}
+              "max_tokens_per_pass": args.max_tokens_per_pass or TrainerConfig(model_path="").max_tokens_per_pass, **placement}
     report("multipolicy", params, metrics)
 
 
