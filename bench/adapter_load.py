@@ -30,13 +30,20 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from bench.common import MemorySource, copy_bandwidth_gbps, make_base, percentile, random_adapter, report
+from bench.common import (
+    MemorySource,
+    copy_bandwidth_gbps,
+    make_base,
+    percentile,
+    random_adapter,
+    report,
+    scratch_dir,
+)
 from mint.adapters import load_weights
 from mint.adapters.packing import pack
 from services.engine.config import EngineConfig
@@ -114,7 +121,7 @@ def main() -> None:
     preset = "tiny" if args.quick else "smollm2-shape"
     samples = args.samples or (24 if args.quick else 48)
     torch.manual_seed(0)
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch_dir() as tmp:
         workdir = Path(tmp)
         config = make_base(workdir / "base", preset)
         source = MemorySource()

@@ -13,13 +13,20 @@ counts. Adapters are resident before timing (cold loads are bench.adapter_load's
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from bench.common import LIGHT_MODULES, MemorySource, copy_bandwidth_gbps, make_base, random_adapter, report
+from bench.common import (
+    LIGHT_MODULES,
+    MemorySource,
+    copy_bandwidth_gbps,
+    make_base,
+    random_adapter,
+    report,
+    scratch_dir,
+)
 from mint.adapters import LORA_MODULES
 from mint.runtime import tune_allocator
 from services.engine.config import EngineConfig
@@ -74,7 +81,7 @@ def main() -> None:
     preset = "tiny" if args.quick else "smollm2-shape"
     tune_allocator()  # as `mint serve` and the engine process do
     torch.manual_seed(0)
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch_dir() as tmp:
         workdir = Path(tmp)
         config = make_base(workdir / "base", preset)
         source = MemorySource()

@@ -40,13 +40,12 @@ import argparse
 import dataclasses
 import shutil
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from bench.common import make_base, random_adapter, report
+from bench.common import make_base, random_adapter, report, scratch_dir
 from mint.adapters import AdapterWeights
 from mint.adapters.packing import lora_targets, pack
 from mint.models.loading import load_model, read_config, save_model
@@ -203,7 +202,7 @@ def main() -> None:
     rounds = args.rounds or (5 if args.quick else 3)
     reps = args.adapter_reps or (2 if args.quick else 2)
     torch.manual_seed(0)
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch_dir() as tmp:
         workdir = Path(tmp)
         make_base(workdir / "base", preset)
         stack = EmbeddedStack(

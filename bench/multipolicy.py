@@ -36,7 +36,6 @@ import argparse
 import dataclasses
 import multiprocessing
 import random
-import tempfile
 import threading
 import time
 import traceback
@@ -44,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import PeakRss, make_base, report
+from bench.common import PeakRss, make_base, report, scratch_dir
 from mint.recipes.common import prompt_tokens
 from mint.recipes.grpo import GRPOConfig, run_grpo
 from mint.recipes.tasks import RL_TASKS
@@ -309,7 +308,7 @@ def main() -> None:
     steps = args.steps or (2 if args.quick else 3)
     torch.manual_seed(0)
     results: dict[str, dict[str, float]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch_dir() as tmp:
         for preset in presets:
             rounds = args.rounds or (2 if preset == "tiny" else 1)
             results[preset] = bench_shape_isolated(preset, Path(tmp), steps=steps, rounds=rounds, trainer=trainer, engine=placement)

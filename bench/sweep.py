@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import psutil
 
-from bench.common import make_base, percentile, report
+from bench.common import make_base, percentile, report, scratch_dir
 from bench.fleet_setup import publish_distinct, scratch_database
 from mint.sdk import SamplingParams
 from services.local_fleet import LocalFleet
@@ -37,7 +36,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=96)
     args = parser.parse_args()
     count = args.adapters or (2000 if args.quick else 100_000)
-    with tempfile.TemporaryDirectory() as tmp, scratch_database() as database:
+    with scratch_dir() as tmp, scratch_database() as database:
         workdir = Path(tmp)
         config = make_base(workdir / "base", "tiny")
         engine_env = {

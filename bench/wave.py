@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import random
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-from bench.common import make_base, report
+from bench.common import make_base, report, scratch_dir
 from bench.fleet_setup import publish_distinct, scratch_database
 from mint.adapters import LORA_MODULES
 from mint.sdk import SamplingParams
@@ -30,7 +29,7 @@ def main() -> None:
     parser.add_argument("--adapters", type=int, default=0)
     args = parser.parse_args()
     count = args.adapters or (200 if args.quick else 1000)
-    with tempfile.TemporaryDirectory() as tmp, scratch_database() as database:
+    with scratch_dir() as tmp, scratch_database() as database:
         workdir = Path(tmp)
         config = make_base(workdir / "base", "tiny")
         fleet = LocalFleet(workdir, database, workdir / "base", engines=2, engine_env={"MINT_HOST_BUDGET_BYTES": str(2 * 1024**3), "MINT_TORCH_THREADS": "1"})
