@@ -219,7 +219,9 @@ class BulkImporter:
             ),
             {"format": FORMAT, "actor": actor, "now": now},
         )
-        one(text("UPDATE policies SET head_number = (SELECT hi FROM import_heads h WHERE h.policy_id = policies.id) WHERE id IN (SELECT policy_id FROM import_heads)"))
+        # A join, not a correlated subquery: the temp table has no index, so the subquery scanned all of it once
+        # per policy (100,000 new policies: minutes; the join: under a second).
+        one(text("UPDATE policies SET head_number = h.hi FROM import_heads h WHERE h.policy_id = policies.id"))
         one(
             text(
                 "INSERT INTO alias_moves (policy_id, alias, from_number, to_number, action, actor, reason, at) "
