@@ -220,7 +220,7 @@ class BulkImporter:
             {"format": FORMAT, "actor": actor, "now": now},
         )
         # A join, not a correlated subquery: the temp table has no index, so the subquery scanned all of it once
-        # per policy (100,000 new policies: minutes; the join: under a second).
+        # per policy (importing 100,000 new policies, that statement alone had run 4 minutes when it was stopped).
         one(text("UPDATE policies SET head_number = h.hi FROM import_heads h WHERE h.policy_id = policies.id"))
         one(
             text(
