@@ -6,8 +6,10 @@
 
 Processes on loopback (services.local_fleet): catalog on a scratch Postgres database, a private Redis,
 one engine (bounded tiers: 256 slots, ~1,000 adapters in host memory, ~4,000 on disk) and a gateway.
-Adapters are rank 1 on q_proj of the tiny base, each distinct. Reports adapters/s, request latency, and the
-engine's RSS after the first 1,000 adapters and at the end.
+Adapters are rank 1 on q_proj of the tiny base, each distinct. The engine reads blobs from the catalog's
+blob directory, as engines on the catalog's host (or sharing its volume) do; `--catalog-download` makes it
+download each from the catalog instead. Reports adapters/s, request latency, and the engine's RSS after the
+first 1,000 adapters and at the end.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--adapters", type=int, default=0)
     parser.add_argument("--concurrency", type=int, default=96)
+    parser.add_argument("--catalog-download", action="store_true", help="engine downloads blobs from the catalog")
     args = parser.parse_args()
     count = args.adapters or (2000 if args.quick else 100_000)
     with scratch_dir() as tmp, scratch_database() as database:
@@ -49,14 +52,16 @@ def main() -> None:
             "MINT_HOST_BUDGET_BYTES": str(1000 * 24 * 1024),
             "MINT_DISK_BUDGET_BYTES": str(4000 * 10 * 1024),
         }
-        fleet = LocalFleet(workdir, database, workdir / "base", engines=1, engine_env=engine_env)
+        fleet = LocalFleet(workdir, database, workdir / "base", engines=1, engine_env=engine_env, shared_blobs=not args.catalog_download)
         try:
             fleet.wait_for_engines(1)
             refs = publish_distinct(fleet, config, count, rank=1, modules=MODULES, workers=8)
             metrics = run(fleet, refs, args.concurrency)
         finally:
             fleet.stop()
-    report("sweep", {"adapters": count, "concurrency": args.concurrency, "rank": 1, "preset": "tiny", "new_tokens": 16}, metrics)
+    params = {"adapters": count, "concurrency": args.concurrency, "rank": 1, "preset": "tiny", "new_tokens": 16,
+              "blobs": "catalog" if args.catalog_download else "shared-dir"}
+    report("sweep", params, metrics)
 
 
 def run(fleet: LocalFleet, refs: list[str], concurrency: int) -> dict[str, float]:

@@ -75,16 +75,22 @@ class LocalFleet:
         heartbeat_s: float = 0.5,
         engine_env: dict[str, str] | None = None,
         trainer: bool = False,
+        shared_blobs: bool = False,
     ):
+        """`shared_blobs`: engines read adapter blobs from the catalog's blob directory (as on one host or a
+        shared volume) instead of downloading them from the catalog."""
         self.workdir = Path(workdir)
         self.base_dir = Path(base_dir)
         self.heartbeat_s = heartbeat_s
         self.engine_env = engine_env or {}
+        self.blob_dir = self.workdir / "blobs"
+        if shared_blobs:
+            self.engine_env = {"MINT_BLOB_DIR": str(self.blob_dir), **self.engine_env}
         self.redis = RedisServer(self.workdir)
         self.admin_key = auth.generate_key().key
         self.catalog = ServiceProcess(
             ["-m", "services.catalog"],
-            {"MINT_DATABASE_URL": database_url, "MINT_BLOB_DIR": str(self.workdir / "blobs"), "MINT_ADMIN_KEY": self.admin_key,
+            {"MINT_DATABASE_URL": database_url, "MINT_BLOB_DIR": str(self.blob_dir), "MINT_ADMIN_KEY": self.admin_key,
              "MINT_CATALOG_ADDRESS": "127.0.0.1:0", "MINT_REDIS_URL": self.redis.url},
             log_path=str(self.workdir / "catalog.log"),
         )

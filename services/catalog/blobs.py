@@ -100,10 +100,15 @@ def _write_all(fd: int, buffers: list[bytes | memoryview], nbytes: int) -> None:
 
 
 class LocalBlobStore:
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, *, create: bool = True):
+        """`create=False` opens an existing store to read (an engine's view of the catalog's store)."""
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
         self._staging = self.root / "staging"
+        if not create:
+            if not self.root.is_dir():
+                raise invalid(f"blob store {self.root} is not a directory")
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
         self._staging.mkdir(exist_ok=True)
 
     def path(self, sha256: str) -> Path:

@@ -32,6 +32,7 @@ class EngineConfig:
     address: str = "127.0.0.1:0"
     advertise_address: str = ""         # how others reach this engine; default: 127.0.0.1:<port>
     catalog_address: str = ""           # where adapter blobs come from
+    blob_dir: str = ""                  # the catalog's blob store, where this engine can read it (same host, shared volume)
     api_key: str = ""                   # a service key: for the catalog, and required of callers
     redis_url: str = ""                 # the fleet scheduler; empty: not registered anywhere
     redis_prefix: str = "mint:"
@@ -62,6 +63,7 @@ class EngineConfig:
             "address": ("MINT_ENGINE_ADDRESS", str),
             "advertise_address": ("MINT_ENGINE_ADVERTISE", str),
             "catalog_address": ("MINT_CATALOG_URL", str),
+            "blob_dir": ("MINT_BLOB_DIR", str),
             "api_key": ("MINT_SERVICE_KEY", str),
             "redis_url": ("MINT_REDIS_URL", str),
             "redis_prefix": ("MINT_REDIS_PREFIX", str),

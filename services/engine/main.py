@@ -12,11 +12,13 @@ from mint.errors import MintError
 from mint.proto import engine_pb2, engine_pb2_grpc
 from mint.sdk.catalog import CatalogClient
 from mint.server import RemoteAuthenticator, Service, build_server, channel, run_until_signalled
+from services.catalog.blobs import LocalBlobStore
 from services.engine.config import EngineConfig
 from services.engine.engine import Engine
 from services.engine.fleet import FleetAgent
+from services.engine.residency import AdapterSource
 from services.engine.servicer import EngineServicer
-from services.engine.sources import CatalogBlobSource
+from services.engine.sources import BlobStoreSource, CatalogBlobSource
 from services.scheduler import open_scheduler
 
 log = logging.getLogger(__name__)
@@ -27,9 +29,13 @@ def engine_service(engine: Engine) -> Service:
 
 
 def open_engine(config: EngineConfig) -> Engine:
-    """An engine that fetches adapters from the catalog at config.catalog_address, and registers its base
-    model there when its key may (an admin key; otherwise an operator runs `mint base register`)."""
-    engine = Engine(config, CatalogBlobSource(channel(config.catalog_address), config.api_key))
+    """An engine that fetches adapters from the catalog at config.catalog_address (reading them straight from
+    the catalog's blob store when config.blob_dir names it), and registers its base model there when its key
+    may (an admin key; otherwise an operator runs `mint base register`)."""
+    source: AdapterSource = CatalogBlobSource(channel(config.catalog_address), config.api_key)
+    if config.blob_dir:
+        source = BlobStoreSource(LocalBlobStore(config.blob_dir, create=False), fallback=source)
+    engine = Engine(config, source)
     try:
         CatalogClient(channel(config.catalog_address), config.api_key).register_base_dir(config.model_path, engine.base_model)
     except MintError as err:

@@ -9,6 +9,7 @@ import grpc
 
 from mint.sdk.catalog import CatalogClient
 from services.catalog.blobs import BlobStore
+from services.engine.residency import AdapterSource
 
 
 class CatalogBlobSource:
@@ -25,14 +26,21 @@ class CatalogBlobSource:
 
 
 class BlobStoreSource:
-    """Reads a blob store directly, for the embedded process that holds the catalog itself. A local store's
-    files were verified when they were published, so the disk cache links them; bytes it must copy it
-    verifies itself, so the store need not hash them as well."""
+    """Reads the catalog's blob store directly: the embedded process's own, or an engine's view of it on the
+    same host or a shared volume. A local store's files were verified when they were published, so the disk
+    cache links them; bytes it must copy it verifies itself, so the store need not hash them as well.
 
-    def __init__(self, store: BlobStore):
+    A blob the store does not hold (a replica not yet in sync, a misconfigured directory) comes from
+    `fallback` when there is one: an engine then downloads it from the catalog as it would without a store.
+    """
+
+    def __init__(self, store: BlobStore, fallback: AdapterSource | None = None):
         self._store = store
+        self._fallback = fallback
 
     def fetch(self, sha256: str) -> Iterator[bytes]:
+        if self._fallback is not None and not self._store.exists(sha256):
+            return iter(self._fallback.fetch(sha256))
         return self._store.read_chunks(sha256, verify=False)
 
     def local_path(self, sha256: str) -> Path | None:

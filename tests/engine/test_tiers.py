@@ -5,13 +5,18 @@ from __future__ import annotations
 import os
 
 import psutil
+import pytest
 
 from mint.adapters.packing import pack
+from mint.errors import MintError
 from mint.models.loading import read_config
-from services.engine.engine import collect
+from services.catalog.blobs import LocalBlobStore, receive
+from services.engine.config import EngineConfig
+from services.engine.engine import Engine, collect
 from services.engine.sampling import SamplingParams
+from services.engine.sources import BlobStoreSource
 from services.engine.tiers import DiskCache
-from tests.engine.conftest import publish, random_adapter, wait_resident
+from tests.engine.conftest import MemorySource, publish, random_adapter, wait_resident
 
 
 def test_sweeping_2000_adapters_through_budgets_for_64(tiny_base_dir, make_engine, source):
@@ -62,3 +67,26 @@ def test_disk_cache_links_verified_files_and_evicting_them_leaves_the_original(t
     assert f"{0:064x}" not in cache and cache.used_bytes == 2000  # the oldest was evicted...
     assert all(original.read_bytes() for original in originals)  # ...from the cache only
     assert cache.link(f"{9:064x}", tmp_path / "store" / "missing") is None  # the caller fetches instead
+
+
+def test_an_engine_reads_a_shared_blob_store_and_downloads_only_what_it_lacks(tiny_base_dir, tmp_path, source):
+    with pytest.raises(MintError, match="not a directory"):
+        LocalBlobStore(tmp_path / "nowhere", create=False)
+    assert not (tmp_path / "nowhere").exists()  # a reader never creates the catalog's store
+    store = LocalBlobStore(tmp_path / "store")
+    config = EngineConfig(model_path=str(tiny_base_dir), cache_dir=str(tmp_path / "cache"), max_lora_rank=8, kv_cache_bytes=8 * 1024**2)
+    engine = Engine(config, BlobStoreSource(LocalBlobStore(tmp_path / "store", create=False), fallback=source)).start()
+    try:
+        weights = random_adapter(engine.model_config, rank=4, seed=1)
+        staged = receive([weights.to_safetensors()], store.staging_dir(), max_bytes=1 << 24)
+        store.put(staged)
+        shared = publish(MemorySource(), weights, "acme/shared@1")  # the same bytes: its spec
+        elsewhere = publish(source, random_adapter(engine.model_config, rank=4, seed=2), "acme/elsewhere@1")
+        for spec in (shared, elsewhere):
+            wait_resident(engine, spec)
+        assert source.fetches == 1  # only the blob the store lacks came from the fallback
+        assert engine.residency.disk.path(shared.sha256).stat().st_ino == store.path(shared.sha256).stat().st_ino
+        answers = [collect(engine.sample(spec, [1, 2, 3], SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)))[0] for spec in (shared, elsewhere)]
+        assert all(len(answer.token_ids) == 4 for answer in answers)
+    finally:
+        engine.stop()

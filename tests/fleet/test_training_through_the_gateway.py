@@ -1,7 +1,11 @@
 """Training in a fleet: the gateway forwards training calls to a trainer process, the trainer publishes to
-the catalog, and an engine serves the new revision by address: the adapter-only handoff across processes."""
+the catalog, and an engine serves the new revision by address: the adapter-only handoff across processes.
+The engine reads the catalog's blob directory, as one on the catalog's host does (the failover tests'
+engines download blobs from the catalog)."""
 
 from __future__ import annotations
+
+import os
 
 from mint.params import AdamParams, SamplingParams
 from mint.sdk import next_token_datum
@@ -10,7 +14,7 @@ from tests.fleet.conftest import HEARTBEAT_S
 
 
 def test_train_publish_and_sample_across_processes(tmp_path, pg_url, fleet_base):
-    fleet = LocalFleet(tmp_path, pg_url, fleet_base, engines=1, heartbeat_s=HEARTBEAT_S, trainer=True)
+    fleet = LocalFleet(tmp_path, pg_url, fleet_base, engines=1, heartbeat_s=HEARTBEAT_S, trainer=True, shared_blobs=True)
     try:
         fleet.wait_for_engines(1)
         service = fleet.client
@@ -31,5 +35,9 @@ def test_train_publish_and_sample_across_processes(tmp_path, pg_url, fleet_base)
         assert max(abs(a - b) for a, b in zip(trained, answer.sequences[0].logprobs, strict=True)) < 1e-4
         revision = service.catalog.get_revision("fleet-bot@1")
         assert revision.source.endswith("/step-5") and revision.created_by.startswith("key:")
+        # The engine's cached copy is the catalog's file, linked: nothing was downloaded or copied.
+        cached = tmp_path / "engine-0" / "adapters" / f"{revision.sha256}.safetensors"
+        stored = fleet.blob_dir / revision.sha256[:2] / revision.sha256[2:4] / revision.sha256
+        assert os.stat(cached).st_ino == os.stat(stored).st_ino
     finally:
         fleet.stop()
