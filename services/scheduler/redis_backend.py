@@ -198,17 +198,18 @@ class RedisScheduler:
             self._key("engine", "base", base_model),
             self._key("engine", "seen"),
             self._key("engine", "load"),
+            self._key("engine", "info"),
             self._key("holders", sha256),
             self._key("assigned", sha256),
             *(self._key("requests", sha256, str(int(now) - i)) for i in range(window)),
         ]
         cutoff = repr(now - self.config.dead_after_s)
-        live, raw_loads, holders, assigned, requests = self._route_state(keys, [cutoff, window + 1])
-        loads = {
-            engine_id.decode(): _decode_load(raw).score
-            for engine_id, raw in zip(live, raw_loads, strict=True)
-            if engine_id.decode() not in exclude
-        }
+        live, raw_loads, raw_infos, holders, assigned, requests = self._route_state(keys, [cutoff, window + 1])
+        loads, infos = {}, {}
+        for raw_id, raw_load, raw_info in zip(live, raw_loads, raw_infos, strict=True):
+            engine_id = raw_id.decode()
+            if engine_id not in exclude:
+                loads[engine_id], infos[engine_id] = _decode_load(raw_load).score, raw_info
         if not loads:
             raise no_engine(base_model, exclude)
         choice = placement.choose_route(
@@ -226,10 +227,7 @@ class RedisScheduler:
             earlier = self.redis.set(self._key("assigned", sha256), engine_id, nx=True, get=True, px=ttl_ms)
             if earlier is not None and earlier.decode() in loads:
                 engine_id = earlier.decode()
-        raw_info = self.redis.hget(self._key("engine", "info"), engine_id)
-        if raw_info is None:
-            raise MintError(Code.UNAVAILABLE, f"engine {engine_id} left while a request was routed to it")
-        return Route(engine_id, json.loads(raw_info)["address"], choice.resident)
+        return Route(engine_id, json.loads(infos[engine_id])["address"], choice.resident)
 
     # --- waves -----------------------------------------------------------------------------------------
     @_translated

@@ -129,22 +129,24 @@ if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL'
 return 0
 """
 
-# KEYS: engine:base:<base>, engine:seen, engine:load, holders:<sha>, assigned:<sha>, then the adapter's
-#       request counters from this second back over the hot window. ARGV: cutoff, counter ttl (s).
-# Everything routing needs in one round trip: the live engines of the base with their loads, the
-# adapter's holders and recent assignment, and its requests in the window counting this one.
+# KEYS: engine:base:<base>, engine:seen, engine:load, engine:info, holders:<sha>, assigned:<sha>, then the
+#       adapter's request counters from this second back over the hot window. ARGV: cutoff, counter ttl (s).
+# Everything routing needs in one round trip: the live engines of the base with their loads and infos
+# (addresses), the adapter's holders and recent assignment, and its requests in the window counting this one.
 ROUTE_STATE = """
-local live, loads = {}, {}
+local live, loads, infos = {}, {}, {}
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local seen = redis.call('ZSCORE', KEYS[2], id)
-  if seen and tonumber(seen) >= tonumber(ARGV[1]) then
+  local info = redis.call('HGET', KEYS[4], id)
+  if seen and info and tonumber(seen) >= tonumber(ARGV[1]) then
     live[#live + 1] = id
     loads[#loads + 1] = redis.call('HGET', KEYS[3], id) or ''
+    infos[#infos + 1] = info
   end
 end
-redis.call('INCR', KEYS[6])
-redis.call('EXPIRE', KEYS[6], ARGV[2])
+redis.call('INCR', KEYS[7])
+redis.call('EXPIRE', KEYS[7], ARGV[2])
 local requests = 0
-for i = 6, #KEYS do requests = requests + (tonumber(redis.call('GET', KEYS[i])) or 0) end
-return {live, loads, redis.call('SMEMBERS', KEYS[4]), redis.call('GET', KEYS[5]) or '', requests}
+for i = 7, #KEYS do requests = requests + (tonumber(redis.call('GET', KEYS[i])) or 0) end
+return {live, loads, infos, redis.call('SMEMBERS', KEYS[5]), redis.call('GET', KEYS[6]) or '', requests}
 """
