@@ -9,6 +9,7 @@ import os
 
 from mint.params import AdamParams, SamplingParams
 from mint.sdk import next_token_datum
+from services.catalog.blobs import LocalBlobStore
 from services.local_fleet import LocalFleet
 from tests.fleet.conftest import HEARTBEAT_S
 
@@ -37,7 +38,7 @@ def test_train_publish_and_sample_across_processes(tmp_path, pg_url, fleet_base)
         assert revision.source.endswith("/step-5") and revision.created_by.startswith("key:")
         # The engine's cached copy is the catalog's file, linked: nothing was downloaded or copied.
         cached = tmp_path / "engine-0" / "adapters" / f"{revision.sha256}.safetensors"
-        stored = fleet.blob_dir / revision.sha256[:2] / revision.sha256[2:4] / revision.sha256
+        stored = LocalBlobStore(fleet.blob_dir, create=False).path(revision.sha256)
         assert os.stat(cached).st_ino == os.stat(stored).st_ino
     finally:
         fleet.stop()
