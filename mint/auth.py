@@ -5,7 +5,12 @@ once, at creation. Keys are random 256-bit secrets, so a fast hash is the right 
 
 Every authenticated call runs with a `Principal` in a context variable, set by the server wrapper in
 `mint.server` before the handler runs. MinT's own services (role `service`) and admins may act for any
-tenant by naming it in the `x-mint-tenant` header; members act only within their own tenant.
+tenant by naming it in the `x-mint-tenant` header; members act only within their own tenant. A service
+key that does work a member asked for (a trainer publishing that member's revision) names the member's key
+in `x-mint-on-behalf-of`, so the audit log records who asked, not which service carried it out.
+
+Each of these headers may appear at most once: a call that repeats one is refused, since two values leave
+it ambiguous which one the caller meant (and which one a proxy in between checked).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import dataclasses
 import enum
 import hashlib
 import hmac
+import re
 import secrets
 import threading
 import time
@@ -25,7 +31,9 @@ from mint.errors import Code, MintError
 
 AUTH_HEADER = "authorization"
 TENANT_HEADER = "x-mint-tenant"
+ON_BEHALF_HEADER = "x-mint-on-behalf-of"
 KEY_PREFIX = "mint_"
+_KEY_ID = re.compile(r"[0-9a-f]{12}")
 
 
 class Role(enum.Enum):
@@ -39,6 +47,7 @@ class Principal:
     tenant: str
     key_id: str
     role: Role
+    on_behalf_of: str | None = None  # the key id a service key acts for (see `for_key`)
 
     @property
     def privileged(self) -> bool:
@@ -46,7 +55,16 @@ class Principal:
 
     @property
     def actor(self) -> str:
-        return f"key:{self.key_id}"
+        """Who the audit log names: the key that asked for the change."""
+        return f"key:{self.on_behalf_of or self.key_id}"
+
+    def for_key(self, key_id: str) -> Principal:
+        """A service key doing work that the key `key_id` asked for (service keys only)."""
+        if self.role is not Role.SERVICE:
+            raise MintError(Code.PERMISSION_DENIED, f"only service keys act on behalf of other keys, not a {self.role.value} key")
+        if not _KEY_ID.fullmatch(key_id):
+            raise MintError(Code.INVALID_ARGUMENT, f"{ON_BEHALF_HEADER} must be a key id (12 hex digits), got {key_id[:40]!r}")
+        return dataclasses.replace(self, on_behalf_of=key_id)
 
     def acting_as(self, tenant: str) -> Principal:
         """The same key acting for another tenant (privileged keys only)."""
@@ -88,28 +106,41 @@ def secret_matches(secret: str, stored_hash: str) -> bool:
     return hmac.compare_digest(hash_secret(secret), stored_hash)
 
 
+def _header(metadata: Sequence[tuple[str, str | bytes]] | None, name: str) -> str | None:
+    values = [value for key, value in metadata or () if key == name]
+    if len(values) > 1:
+        raise MintError(Code.UNAUTHENTICATED, f"the call carries {len(values)} {name!r} headers; send exactly one")
+    if values and not isinstance(values[0], str):
+        raise MintError(Code.UNAUTHENTICATED, f"the {name!r} header must be text")
+    return values[0] if values else None
+
+
 def key_from_metadata(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
-    for name, value in metadata or ():
-        if name == AUTH_HEADER and isinstance(value, str):
-            scheme, _, token = value.partition(" ")
-            return token.strip() if scheme.lower() == "bearer" else value.strip()
-    return None
+    value = _header(metadata, AUTH_HEADER)
+    if value is None:
+        return None
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else value.strip()
 
 
 def tenant_from_metadata(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
-    for name, value in metadata or ():
-        if name == TENANT_HEADER and isinstance(value, str):
-            return value
-    return None
+    return _header(metadata, TENANT_HEADER)
 
 
-def call_metadata(api_key: str | None, tenant: str | None = None) -> tuple[tuple[str, str], ...]:
-    """Outgoing metadata for a call made with `api_key`, optionally acting for `tenant`."""
+def on_behalf_from_metadata(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
+    return _header(metadata, ON_BEHALF_HEADER)
+
+
+def call_metadata(api_key: str | None, tenant: str | None = None, on_behalf_of: str | None = None) -> tuple[tuple[str, str], ...]:
+    """Outgoing metadata for a call made with `api_key`, optionally acting for `tenant` and on behalf of
+    the key `on_behalf_of` (a key id; service keys only)."""
     md: list[tuple[str, str]] = []
     if api_key:
         md.append((AUTH_HEADER, f"Bearer {api_key}"))
     if tenant:
         md.append((TENANT_HEADER, tenant))
+    if on_behalf_of:
+        md.append((ON_BEHALF_HEADER, on_behalf_of))
     return tuple(md)
 
 

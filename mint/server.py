@@ -60,7 +60,10 @@ def principal_from_metadata(authenticator: Authenticator, metadata: Sequence[tup
         raise MintError(Code.UNAUTHENTICATED, "this call needs an API key (authorization: Bearer mint_...)")
     principal = authenticator.authenticate(key)
     tenant = auth.tenant_from_metadata(metadata)
-    return principal.acting_as(tenant) if tenant else principal
+    if tenant:
+        principal = principal.acting_as(tenant)
+    on_behalf_of = auth.on_behalf_from_metadata(metadata)
+    return principal.for_key(on_behalf_of) if on_behalf_of else principal
 
 
 class MintInterceptor(grpc.ServerInterceptor):

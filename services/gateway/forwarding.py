@@ -16,7 +16,7 @@ from mint.server import time_left
 
 
 def _forwarded_metadata(context: grpc.ServicerContext) -> tuple[tuple[str, str], ...]:
-    return tuple((k, v) for k, v in context.invocation_metadata() if k in (auth.AUTH_HEADER, auth.TENANT_HEADER))
+    return tuple((k, v) for k, v in context.invocation_metadata() if k in (auth.AUTH_HEADER, auth.TENANT_HEADER, auth.ON_BEHALF_HEADER))
 
 
 def forwarding_handler(service: _descriptor.ServiceDescriptor, target: Callable[[], grpc.Channel]) -> grpc.GenericRpcHandler:
