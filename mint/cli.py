@@ -103,10 +103,12 @@ def _serve(args) -> int:
     if not args.model:
         print("mint serve needs --model DIR (a Hugging Face base directory; see `mint base init|import`)", file=sys.stderr)
         return 2
+    from mint.limits import RequestLimits
     from mint.server import READY_LINE
     from services.embedded import EmbeddedConfig, EmbeddedStack
 
-    stack = EmbeddedStack(EmbeddedConfig(model_path=args.model, data_dir=args.data_dir, address=args.address)).start()
+    config = EmbeddedConfig(model_path=args.model, data_dir=args.data_dir, address=args.address, request_limits=RequestLimits.from_env())
+    stack = EmbeddedStack(config).start()
     print(READY_LINE.format(name="embedded", port=stack.port), flush=True)
     print(f"admin key (also in {args.data_dir}/admin.key): {stack.admin_key}", flush=True)
     try:

@@ -8,23 +8,28 @@ from services called downstream) into the matching gRPC status. Handlers raise; 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import gc
 import logging
+import queue
 import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Protocol
 
 import grpc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from mint import auth
-from mint.errors import Code, MintError
+from mint.errors import Code, MintError, invalid
+from mint.limits import RequestLimits, check_request, cut_message
 from mint.runtime import serial_thread
 
 log = logging.getLogger(__name__)
@@ -67,71 +72,207 @@ def principal_from_metadata(authenticator: Authenticator, metadata: Sequence[tup
 
 
 class MintInterceptor(grpc.ServerInterceptor):
-    def __init__(self, authenticator: Authenticator | None):
+    """For every call: parse and check the request (`mint.limits`), authenticate, hold an upload slot for
+    client-streaming calls, and map errors to statuses."""
+
+    def __init__(self, authenticator: Authenticator | None, limits: RequestLimits):
         self._authenticator = authenticator
+        self._limits = limits
+        self._uploads = _UploadSlots(limits)
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(_OPEN_METHODS):
             return handler
         method = handler_call_details.method
+        # The interceptor parses request bytes itself (deserializer None below): a body that is not a valid
+        # message then answers INVALID_ARGUMENT instead of grpcio's generic failure.
+        parse = _parser(handler.request_deserializer, self._limits)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, method),
-                handler.request_deserializer,
-                handler.response_serializer,
+                self._wrap_unary(handler.unary_unary, method, parse), None, handler.response_serializer
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream, method),
-                handler.request_deserializer,
-                handler.response_serializer,
+                self._wrap_stream(handler.unary_stream, method, parse), None, handler.response_serializer
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                self._wrap_unary(handler.stream_unary, method),
-                handler.request_deserializer,
-                handler.response_serializer,
+                self._wrap_upload(handler.stream_unary, method, parse), None, handler.response_serializer
             )
         return grpc.stream_stream_rpc_method_handler(
-            self._wrap_stream(handler.stream_stream, method),
-            handler.request_deserializer,
-            handler.response_serializer,
+            self._wrap_stream_upload(handler.stream_stream, method, parse), None, handler.response_serializer
         )
 
     @contextmanager
-    def _scope(self, context: grpc.ServicerContext, method: str) -> Iterator[None]:
+    def _scope(self, context: grpc.ServicerContext, method: str, *, upload: bool = False) -> Iterator[None]:
         try:
             principal = None
             if self._authenticator is not None:
                 principal = principal_from_metadata(self._authenticator, context.invocation_metadata())
-            with auth.acting(principal):
+            with auth.acting(principal), self._uploads.hold(principal) if upload else nullcontext():
                 yield
         except MintError as err:
-            context.abort(err.grpc_status, err.message)
+            if err.code is Code.INTERNAL:
+                log.error("%s answered INTERNAL: %s", method, err.message)
+            context.abort(err.grpc_status, cut_message(err.message, self._limits.max_error_bytes))
         except grpc.RpcError as err:
             # A downstream service's answer passes through with its own status.
             status = err.code() if hasattr(err, "code") else grpc.StatusCode.UNAVAILABLE
-            context.abort(status, err.details() if hasattr(err, "details") else str(err))
+            details = err.details() if hasattr(err, "details") else str(err)
+            if status in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+                log.error("%s: a downstream service answered %s: %s", method, status.name, details)
+            context.abort(status, cut_message(details or status.name, self._limits.max_error_bytes))
         except Exception:
             if context.code() is not None:  # the handler already aborted
                 raise
             log.exception("unhandled error in %s", method)
             context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see the server log")
 
-    def _wrap_unary(self, behavior, method: str):
-        def wrapped(request, context):
+    def _wrap_unary(self, behavior, method: str, parse):
+        def wrapped(request: bytes, context):
             with self._scope(context, method):
-                return behavior(request, context)
+                return behavior(parse(request), context)
 
         return wrapped
 
-    def _wrap_stream(self, behavior, method: str):
-        def wrapped(request, context):
+    def _wrap_stream(self, behavior, method: str, parse):
+        def wrapped(request: bytes, context):
             with self._scope(context, method):
-                yield from behavior(request, context)
+                yield from behavior(parse(request), context)
 
         return wrapped
+
+    def _wrap_upload(self, behavior, method: str, parse):
+        def wrapped(requests: Iterator[bytes], context):
+            with self._scope(context, method, upload=True), _IdleBounded(requests, self._limits.upload_idle_s) as raw:
+                return behavior(map(parse, raw), context)
+
+        return wrapped
+
+    def _wrap_stream_upload(self, behavior, method: str, parse):
+        def wrapped(requests: Iterator[bytes], context):
+            with self._scope(context, method, upload=True), _IdleBounded(requests, self._limits.upload_idle_s) as raw:
+                yield from behavior(map(parse, raw), context)
+
+        return wrapped
+
+
+def _parser(deserializer: Callable[[bytes], Any] | None, limits: RequestLimits) -> Callable[[bytes], Any]:
+    """bytes -> a checked request message; raw bytes stay raw (services that forward them untouched)."""
+    if deserializer is None:
+        return lambda raw: raw
+    name = getattr(getattr(deserializer, "__self__", None), "__name__", "request")
+
+    def parse(raw: bytes):
+        try:
+            message = deserializer(raw)
+        except (DecodeError, RecursionError, ValueError) as err:
+            raise invalid(f"the request body is not a valid {name} message (truncated, or a text field that is not UTF-8): {err}") from None
+        check_request(message, limits)
+        return message
+
+    return parse
+
+
+class _UploadSlots:
+    """How many client-streaming calls are open, per key and in all: one client's idle uploads must not
+    hold every worker of the server. Service keys (MinT's own services, which carry many tenants' work)
+    count only against the server-wide limit."""
+
+    def __init__(self, limits: RequestLimits):
+        self._limits = limits
+        self._lock = threading.Lock()
+        self._open = 0
+        self._by_key: collections.Counter[str] = collections.Counter()
+
+    @contextmanager
+    def hold(self, principal: auth.Principal | None) -> Iterator[None]:
+        key = principal.key_id if principal is not None and principal.role is not auth.Role.SERVICE else None
+        with self._lock:
+            if self._open >= self._limits.max_uploads:
+                raise MintError(
+                    Code.RESOURCE_EXHAUSTED,
+                    f"this server has {self._open} uploads in progress, its limit (max_uploads); retry in a few seconds",
+                )
+            if key is not None and self._by_key[key] >= self._limits.max_uploads_per_key:
+                raise MintError(
+                    Code.RESOURCE_EXHAUSTED,
+                    f"key {key} already has {self._by_key[key]} uploads in progress, its limit (max_uploads_per_key); "
+                    "finish one first",
+                )
+            self._open += 1
+            if key is not None:
+                self._by_key[key] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._open -= 1
+                if key is not None:
+                    self._by_key[key] -= 1
+                    if not self._by_key[key]:
+                        del self._by_key[key]
+
+
+_END = object()
+
+
+class _IdleBounded:
+    """A call's request stream, read by a thread of its own, so the handler waits for each message at most
+    `idle_s` and then refuses the call (RESOURCE_EXHAUSTED) instead of holding a worker for as long as a
+    silent client likes. The queue between them is short: a slow handler still slows the client down."""
+
+    def __init__(self, requests: Iterator[bytes], idle_s: float):
+        self._requests = requests
+        self._idle_s = idle_s
+        self._queue: queue.Queue = queue.Queue(maxsize=4)
+        self._done = threading.Event()
+        self._idle_error: MintError | None = None
+
+    def __enter__(self) -> Iterator[bytes]:
+        threading.Thread(target=self._read, name="upload-reader", daemon=True).start()
+        return self._messages()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._done.set()
+        if exc is not None and self._idle_error is not None and exc is not self._idle_error:
+            # The idle stream failed a call made with it (a forwarded upload): say why, not how that failed.
+            raise self._idle_error from None
+
+    def _read(self) -> None:
+        try:
+            for raw in self._requests:
+                if not self._put(raw):
+                    return
+            self._put(_END)
+        except Exception as err:  # the call ended under the reader (cancelled, or the handler finished)
+            self._put(err)
+
+    def _put(self, item) -> bool:
+        while not self._done.is_set():
+            try:
+                self._queue.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _messages(self) -> Iterator[bytes]:
+        while True:
+            try:
+                item = self._queue.get(timeout=self._idle_s)
+            except queue.Empty:
+                self._idle_error = MintError(
+                    Code.RESOURCE_EXHAUSTED,
+                    f"the upload sent nothing for {self._idle_s:g} s, its limit (upload_idle_s); send the next message sooner",
+                )
+                raise self._idle_error from None
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
 
 
 def build_server(
@@ -140,11 +281,12 @@ def build_server(
     address: str = "127.0.0.1:0",
     authenticator: Authenticator | None = None,
     max_workers: int = 64,
+    limits: RequestLimits | None = None,
 ) -> tuple[grpc.Server, int]:
     """A server bound to its port but not started: returns (server, port). Call `server.start()`."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc", initializer=serial_thread),
-        interceptors=[MintInterceptor(authenticator)],
+        interceptors=[MintInterceptor(authenticator, _for_workers(limits or RequestLimits(), max_workers))],
         options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=max_workers * 4,
     )
@@ -154,14 +296,58 @@ def build_server(
         service.add_to_server(service.servicer, server)
         health_servicer.set(service.name, health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    names = [s.name for s in services]
-    reflection.enable_server_reflection(
-        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
-    )
+    _enable_reflection(server, [s.name for s in services])
     port = server.add_insecure_port(address)
     if port == 0:
         raise MintError(Code.UNAVAILABLE, f"could not bind {address}")
     return server, port
+
+
+def _for_workers(limits: RequestLimits, max_workers: int) -> RequestLimits:
+    return limits if limits.max_uploads else dataclasses.replace(limits, max_uploads=max(1, max_workers // 2))
+
+
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def _enable_reflection(server: grpc.Server, names: list[str]) -> None:
+    """Server reflection under both names clients ask for: `grpc.reflection.v1` (grpcurl, current
+    clients) and `v1alpha` (older ones). The two protocols are the same messages under two packages."""
+    _register_reflection_v1()
+    names = [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, REFLECTION_V1, reflection.SERVICE_NAME]
+    servicer = reflection.ReflectionServicer(names)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    info = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": info}),))
+
+
+def _register_reflection_v1() -> None:
+    """Put grpc.reflection.v1's descriptor in the default pool (grpcio-reflection ships only v1alpha's), so
+    reflection can describe the v1 service too."""
+    pool = descriptor_pool.Default()
+    name = "grpc/reflection/v1/reflection.proto"
+    try:
+        pool.FindFileByName(name)
+        return
+    except KeyError:
+        pass
+    file = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(file)
+    file.name, file.package = name, "grpc.reflection.v1"
+    old, new = ".grpc.reflection.v1alpha.", ".grpc.reflection.v1."
+    for message in file.message_type:
+        for field in message.field:
+            if field.type_name:
+                field.type_name = field.type_name.replace(old, new)
+    for service in file.service:
+        for method in service.method:
+            method.input_type = method.input_type.replace(old, new)
+            method.output_type = method.output_type.replace(old, new)
+    pool.Add(file)
 
 
 READY_LINE = "mint {name} listening on port {port}"

@@ -15,6 +15,7 @@ import grpc
 
 from mint import auth
 from mint.errors import Code, MintError
+from mint.limits import RequestLimits
 from mint.models.loading import base_description
 from services.catalog import convert
 from services.catalog.catalog import Catalog, StoreAuthenticator
@@ -73,6 +74,7 @@ class EmbeddedConfig:
     address: str = "127.0.0.1:50050"
     engine: dict = dataclasses.field(default_factory=dict)  # EngineConfig overrides
     trainer: dict = dataclasses.field(default_factory=dict)  # TrainerConfig overrides
+    request_limits: RequestLimits = dataclasses.field(default_factory=RequestLimits)
 
 
 class EmbeddedStack:
@@ -113,6 +115,7 @@ class EmbeddedStack:
             ],
             config.address,
             StoreAuthenticator(self.catalog.store),
+            config.request_limits,
         )
         trainer_servicer.gateway_address = self.address  # recipe jobs call this process's own public API
 
@@ -143,10 +146,10 @@ class EmbeddedStack:
             self.catalog.register_base_model(name=self.base_model, **base_description(self.config.model_path))
 
 
-def _build(services, address: str, authenticator) -> tuple[grpc.Server, int]:
+def _build(services, address: str, authenticator, limits: RequestLimits) -> tuple[grpc.Server, int]:
     from mint.server import build_server
 
-    return build_server(services, address=address, authenticator=authenticator, max_workers=128)
+    return build_server(services, address=address, authenticator=authenticator, max_workers=128, limits=limits)
 
 
 def _admin_key(path: Path) -> str:

@@ -1,9 +1,13 @@
-"""Fixtures every test area shares: fresh Postgres databases, SQLite files, Redis prefixes."""
+"""Fixtures every test area shares: fresh Postgres databases, SQLite files, Redis prefixes; and the check
+that fails any test during which a server answered INTERNAL or UNKNOWN or logged an unhandled error."""
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import uuid
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,3 +67,46 @@ def db_url(request, tmp_path):
 @pytest.fixture
 def redis_prefix():
     return f"mint-test:{uuid.uuid4().hex[:12]}:"
+
+
+# --- no server errors ---------------------------------------------------------------------------------
+# MinT's servers log every INTERNAL answer and every unhandled exception at ERROR (mint.server), and
+# grpcio logs the failures it turns into UNKNOWN the same way, so an ERROR record from any logger means a
+# client saw, or could have seen, a status no client should ever see. Processes a test starts write their
+# logs to files; `assert_clean_logs` reads those.
+
+
+class _ErrorRecords(logging.Handler):
+    def __init__(self):
+        super().__init__(level=logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture(autouse=True)
+def no_server_errors(request):
+    handler = _ErrorRecords()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+    if handler.records and request.node.get_closest_marker("server_errors") is None:
+        lines = [f"{r.name}: {r.getMessage()}" + (f" ({r.exc_info[0].__name__}: {r.exc_info[1]})" if r.exc_info else "") for r in handler.records]
+        pytest.fail("servers logged errors during this test (a client saw or could see INTERNAL/UNKNOWN):\n" + "\n".join(lines[:20]))
+
+
+_SERVER_ERROR = re.compile(r"^Traceback \(most recent call last\)|answered (INTERNAL|UNKNOWN)|unhandled error in|Exception calling application", re.M)
+
+
+def assert_clean_logs(paths) -> None:
+    """Fail when a service process's log (stderr) shows an unhandled error or an INTERNAL/UNKNOWN answer."""
+    for path in map(Path, paths):
+        text = path.read_text(errors="replace") if path.is_file() else ""
+        match = _SERVER_ERROR.search(text)
+        if match:
+            start = max(0, match.start() - 200)
+            pytest.fail(f"{path.name} logged a server error:\n{text[start : match.start() + 2000]}")

@@ -6,6 +6,7 @@ import pytest
 
 from mint.models.presets import init_base
 from services.local_fleet import LocalFleet
+from tests.conftest import assert_clean_logs
 
 HEARTBEAT_S = 0.5
 
@@ -23,3 +24,4 @@ def fleet(tmp_path, pg_url, fleet_base):
     fleet.wait_for_engines(2)
     yield fleet
     fleet.stop()
+    assert_clean_logs(fleet.workdir.glob("*.log"))
