@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from google.protobuf import descriptor as _descriptor
 from google.protobuf.message import Message
 
-from mint.errors import Code, MintError, invalid
+from mint.errors import invalid
 
 _FD = _descriptor.FieldDescriptor
 
@@ -64,72 +64,136 @@ class RequestLimits:
 # Fields whose limit is not max_text_bytes, by full name; `*_json` string fields take max_json_bytes.
 _PROMPT_TEXT = frozenset({"mint.v1.Prompt.text", "mint.v1.ChatMessage.content"})
 _TOKEN_LISTS = frozenset({"mint.v1.TokenIds.ids"})
+_TEXT, _PROMPT, _JSON = "text", "prompt", "json"
 
 
 def check_request(message: Message, limits: RequestLimits) -> None:
     """INVALID_ARGUMENT for the first field of `message` (recursively) that breaks `limits`."""
-    prompt_bytes = _check(message, limits, type(message).__name__)
-    if prompt_bytes > limits.max_prompt_bytes:
-        raise _too_big(f"the prompt of {type(message).__name__}", prompt_bytes, limits.max_prompt_bytes, "max_prompt_bytes")
+    prompt = [0]  # prompt text bytes anywhere in the message: one budget
+    try:
+        _check(message, _plan(message.DESCRIPTOR), limits, prompt)
+    except _Refusal as refusal:
+        raise invalid(f"{type(message).__name__}.{'.'.join(reversed(refusal.path))} {refusal.reason}") from None
+    if prompt[0] > limits.max_prompt_bytes:
+        raise invalid(f"the prompt of {type(message).__name__} is {prompt[0]} bytes; the limit is {limits.max_prompt_bytes} (max_prompt_bytes)")
 
 
-def _check(message: Message, limits: RequestLimits, path: str) -> int:
-    """Checks every set field; returns the prompt text bytes found, which count against one budget."""
-    prompt_bytes = 0
-    for field, value in message.ListFields():
-        where = f"{path}.{field.name}"
-        if field.type == _FD.TYPE_MESSAGE:
-            if field.message_type.GetOptions().map_entry:
-                prompt_bytes += _check_map(field, value, limits, where)
-            elif field.is_repeated:
-                for i, item in enumerate(value):
-                    prompt_bytes += _check(item, limits, f"{where}[{i}]")
-            else:
-                prompt_bytes += _check(value, limits, where)
-        elif field.type == _FD.TYPE_STRING:
-            texts = value if field.is_repeated else (value,)
-            for text in texts:
-                prompt_bytes += _check_text(field, text, limits, where)
-        elif field.full_name in _TOKEN_LISTS and len(value) > limits.max_prompt_tokens:
-            raise MintError(
-                Code.INVALID_ARGUMENT, f"{where} has {len(value)} token ids; the limit is {limits.max_prompt_tokens} (max_prompt_tokens)"
-            )
-    return prompt_bytes
+class _Refusal(Exception):
+    """A broken limit, carrying the field path from the innermost field outwards (built only on failure)."""
+
+    def __init__(self, reason: str):
+        self.path: list[str] = []
+        self.reason = reason
 
 
-def _check_map(field: _FD, entries, limits: RequestLimits, where: str) -> int:
+@dataclasses.dataclass(slots=True)
+class _Plan:
+    """Which fields of one message type to look at, and how: worked out once per type."""
+
+    texts: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    text_lists: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    messages: list[tuple[str, _descriptor.Descriptor]] = dataclasses.field(default_factory=list)
+    message_lists: list[tuple[str, _descriptor.Descriptor]] = dataclasses.field(default_factory=list)
+    maps: list[tuple[str, bool, _descriptor.Descriptor | str | None]] = dataclasses.field(default_factory=list)
+    token_lists: list[str] = dataclasses.field(default_factory=list)
+
+
+_PLANS: dict[str, _Plan] = {}
+
+
+def _plan(descriptor: _descriptor.Descriptor) -> _Plan:
+    plan = _PLANS.get(descriptor.full_name)
+    if plan is not None:
+        return plan
+    plan = _PLANS[descriptor.full_name] = _Plan()
+    for field in descriptor.fields:
+        if field.type == _FD.TYPE_STRING:
+            kind = _PROMPT if field.full_name in _PROMPT_TEXT else _JSON if field.name.endswith("_json") else _TEXT
+            (plan.text_lists if field.is_repeated else plan.texts).append((field.name, kind))
+        elif field.type == _FD.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
+            key, value = field.message_type.fields_by_name["key"], field.message_type.fields_by_name["value"]
+            value_kind = value.message_type if value.type == _FD.TYPE_MESSAGE else _TEXT if value.type == _FD.TYPE_STRING else None
+            plan.maps.append((field.name, key.type == _FD.TYPE_STRING, value_kind))
+        elif field.type == _FD.TYPE_MESSAGE:
+            (plan.message_lists if field.is_repeated else plan.messages).append((field.name, field.message_type))
+        elif field.full_name in _TOKEN_LISTS:
+            plan.token_lists.append(field.name)
+    return plan
+
+
+def _check(message: Message, plan: _Plan, limits: RequestLimits, prompt: list[int]) -> None:
+    name = ""
+    try:
+        for name, kind in plan.texts:
+            text = getattr(message, name)
+            if text:
+                _check_text(text, kind, limits, prompt)
+        for name, kind in plan.text_lists:
+            for text in getattr(message, name):
+                _check_text(text, kind, limits, prompt)
+        for name, descriptor in plan.messages:
+            if message.HasField(name):
+                _check(getattr(message, name), _plan(descriptor), limits, prompt)
+        for name, descriptor in plan.message_lists:
+            items = getattr(message, name)
+            if items:
+                sub = _plan(descriptor)
+                for i, item in enumerate(items):
+                    try:
+                        _check(item, sub, limits, prompt)
+                    except _Refusal as refusal:
+                        refusal.path.append(f"[{i}]")
+                        raise
+        for name, string_keys, value_kind in plan.maps:
+            _check_map(getattr(message, name), string_keys, value_kind, limits, prompt)
+        for name in plan.token_lists:
+            count = len(getattr(message, name))
+            if count > limits.max_prompt_tokens:
+                raise _Refusal(f"has {count} token ids; the limit is {limits.max_prompt_tokens} (max_prompt_tokens)")
+    except _Refusal as refusal:
+        if refusal.path and refusal.path[-1].startswith("["):  # an item of this field: name[i]
+            refusal.path[-1] = name + refusal.path[-1]
+        else:
+            refusal.path.append(name)
+        raise
+
+
+def _check_map(entries, string_keys: bool, value_kind, limits: RequestLimits, prompt: list[int]) -> None:
     if len(entries) > limits.max_map_entries:
-        raise invalid(f"{where} has {len(entries)} entries; the limit is {limits.max_map_entries} (max_map_entries)")
-    key_field = field.message_type.fields_by_name["key"]
-    value_field = field.message_type.fields_by_name["value"]
-    prompt_bytes = 0
+        raise _Refusal(f"has {len(entries)} entries; the limit is {limits.max_map_entries} (max_map_entries)")
+    if not entries or not (string_keys or value_kind):
+        return
+    sub = _plan(value_kind) if isinstance(value_kind, _descriptor.Descriptor) else None
     for key, value in entries.items():
-        if key_field.type == _FD.TYPE_STRING:
-            _check_text(key_field, key, limits, f"{where} key")
-        if value_field.type == _FD.TYPE_MESSAGE:
-            prompt_bytes += _check(value, limits, f"{where}[{key[:40]!r}]")
-        elif value_field.type == _FD.TYPE_STRING:
-            _check_text(value_field, value, limits, f"{where}[{key[:40]!r}]")
-    return prompt_bytes
+        try:
+            if string_keys:
+                _check_text(key, _TEXT, limits, prompt)
+            if sub is not None:
+                _check(value, sub, limits, prompt)
+            elif value_kind == _TEXT:
+                _check_text(value, _TEXT, limits, prompt)
+        except _Refusal as refusal:
+            refusal.path.append(f"[{str(key)[:40]!r}]")
+            raise
 
 
-def _check_text(field: _FD, text: str, limits: RequestLimits, where: str) -> int:
+def _check_text(text: str, kind: str, limits: RequestLimits, prompt: list[int]) -> None:
     if "\x00" in text:
-        raise invalid(f"{where} contains a NUL character (\\x00); text fields never may")
-    if field.full_name in _PROMPT_TEXT:
-        return _utf8_len(text)  # checked against the whole prompt's budget
-    if field.name.endswith("_json"):
+        raise _Refusal("contains a NUL character (\\x00); text fields never may")
+    if kind is _TEXT:
+        if len(text) * 4 <= limits.max_text_bytes:  # within the limit whatever the characters
+            return
+        size = _utf8_len(text)
+        if size > limits.max_text_bytes:
+            raise _Refusal(f"is {size} bytes; the limit is {limits.max_text_bytes} (max_text_bytes)")
+    elif kind is _PROMPT:
+        prompt[0] += _utf8_len(text)
+    else:
         size = _utf8_len(text)
         if size > limits.max_json_bytes:
-            raise _too_big(where, size, limits.max_json_bytes, "max_json_bytes")
-        depth = json_depth(text, limits.max_json_depth)
-        if depth > limits.max_json_depth:
-            raise invalid(f"{where} nests arrays or objects more than {limits.max_json_depth} deep (max_json_depth)")
-        return 0
-    size = _utf8_len(text)
-    if size > limits.max_text_bytes:
-        raise _too_big(where, size, limits.max_text_bytes, "max_text_bytes")
-    return 0
+            raise _Refusal(f"is {size} bytes; the limit is {limits.max_json_bytes} (max_json_bytes)")
+        if json_depth(text, limits.max_json_depth) > limits.max_json_depth:
+            raise _Refusal(f"nests arrays or objects more than {limits.max_json_depth} deep (max_json_depth)")
 
 
 def _utf8_len(text: str) -> int:
@@ -155,10 +219,6 @@ def json_depth(text: str, stop_above: int | None = None) -> int:
         else:
             depth -= 1
     return deepest
-
-
-def _too_big(where: str, size: int, limit: int, name: str) -> MintError:
-    return invalid(f"{where} is {size} bytes; the limit is {limit} ({name})")
 
 
 def cut_message(message: str, limit: int) -> str:
