@@ -6,6 +6,7 @@ import dataclasses
 import os
 
 from mint.adapters import Limits
+from mint.limits import RequestLimits
 
 
 @dataclasses.dataclass(kw_only=True, slots=True)
@@ -20,6 +21,7 @@ class CatalogConfig:
     max_adapter_bytes: int = 2 * 1024**3
     max_workers: int = 64
     migrate: bool = True
+    request_limits: RequestLimits = dataclasses.field(default_factory=RequestLimits)  # mint.limits
 
     @property
     def limits(self) -> Limits:
@@ -38,4 +40,5 @@ class CatalogConfig:
         }
         values = {field: env[var] for field, var in names.items() if var in env}
         values.setdefault("address", "0.0.0.0:50051")
+        values["request_limits"] = RequestLimits.from_env(env)
         return cls(**{**values, **overrides})

@@ -37,6 +37,7 @@ def create_server(config: CatalogConfig, catalog: Catalog | None = None) -> tupl
         address=config.address,
         authenticator=StoreAuthenticator(catalog.store),
         max_workers=config.max_workers,
+        limits=config.request_limits,
     )
 
 

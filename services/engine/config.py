@@ -7,6 +7,8 @@ import os
 
 import torch
 
+from mint.limits import RequestLimits
+
 GiB = 1024**3
 
 
@@ -38,6 +40,7 @@ class EngineConfig:
     redis_prefix: str = "mint:"
     heartbeat_s: float = 1.0
     torch_threads: int = 0              # intra-op threads of this process; 0: torch's default (all cores)
+    request_limits: RequestLimits = dataclasses.field(default_factory=RequestLimits)  # mint.limits
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -71,4 +74,5 @@ class EngineConfig:
             "torch_threads": ("MINT_TORCH_THREADS", int),
         }
         values = {field: kind(env[var]) for field, (var, kind) in names.items() if var in env}
+        values["request_limits"] = RequestLimits.from_env(env)
         return cls(**{**values, **overrides})

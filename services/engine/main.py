@@ -48,7 +48,8 @@ def create_server(config: EngineConfig, engine: Engine) -> tuple[grpc.Server, in
     authenticator = None
     if config.catalog_address:
         authenticator = RemoteAuthenticator(channel(config.catalog_address), roles=frozenset({Role.SERVICE, Role.ADMIN}))
-    return build_server([engine_service(engine)], address=config.address, authenticator=authenticator, max_workers=config.max_num_seqs + 16)
+    return build_server([engine_service(engine)], address=config.address, authenticator=authenticator, max_workers=config.max_num_seqs + 16,
+                        limits=config.request_limits)
 
 
 def serve(config: EngineConfig | None = None) -> None:

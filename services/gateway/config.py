@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from mint.limits import RequestLimits
+
 
 @dataclasses.dataclass(kw_only=True, slots=True)
 class GatewayConfig:
@@ -18,6 +20,7 @@ class GatewayConfig:
     resolve_ttl_s: float = 30.0
     retries: int = 2
     max_workers: int = 256
+    request_limits: RequestLimits = dataclasses.field(default_factory=RequestLimits)  # mint.limits
 
     @classmethod
     def from_env(cls, **overrides) -> GatewayConfig:
@@ -33,4 +36,5 @@ class GatewayConfig:
         values: dict = {field: env[var] for field, var in names.items() if var in env}
         if "MINT_HEARTBEAT_S" in env:
             values["heartbeat_s"] = float(env["MINT_HEARTBEAT_S"])
+        values["request_limits"] = RequestLimits.from_env(env)
         return cls(**{**values, **overrides})

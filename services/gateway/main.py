@@ -76,7 +76,8 @@ def create_server(config: GatewayConfig) -> tuple[grpc.Server, int]:
         trainer = channel(config.trainer_address)
         descriptor = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"]
         services.append(generic_service(forwarding_handler(descriptor, lambda: trainer), descriptor))
-    return build_server(services, address=config.address, authenticator=RemoteAuthenticator(catalog), max_workers=config.max_workers)
+    return build_server(services, address=config.address, authenticator=RemoteAuthenticator(catalog), max_workers=config.max_workers,
+                        limits=config.request_limits)
 
 
 def serve(config: GatewayConfig | None = None) -> None:

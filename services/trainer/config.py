@@ -7,6 +7,8 @@ import os
 
 import torch
 
+from mint.limits import RequestLimits
+
 
 @dataclasses.dataclass(kw_only=True, slots=True)
 class TrainerConfig:
@@ -25,6 +27,7 @@ class TrainerConfig:
     api_key: str = ""               # a service key: publishes for the session's tenant
     gateway_address: str = ""       # where recipe jobs reach sampling and training (RunRecipe)
     max_workers: int = 64
+    request_limits: RequestLimits = dataclasses.field(default_factory=RequestLimits)  # mint.limits
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -46,4 +49,5 @@ class TrainerConfig:
             "gateway_address": ("MINT_GATEWAY_URL", str),
         }
         values = {field: kind(env[var]) for field, (var, kind) in names.items() if var in env}
+        values["request_limits"] = RequestLimits.from_env(env)
         return cls(**{**values, **overrides})

@@ -24,7 +24,8 @@ def open_trainer(config: TrainerConfig) -> tuple[Trainer, TrainerServicer]:
 
 def create_server(config: TrainerConfig, servicer: TrainerServicer) -> tuple[grpc.Server, int]:
     authenticator = RemoteAuthenticator(channel(config.catalog_address)) if config.catalog_address else None
-    return build_server([trainer_service(servicer)], address=config.address, authenticator=authenticator, max_workers=config.max_workers)
+    return build_server([trainer_service(servicer)], address=config.address, authenticator=authenticator, max_workers=config.max_workers,
+                        limits=config.request_limits)
 
 
 def serve(config: TrainerConfig | None = None) -> None:
