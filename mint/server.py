@@ -132,36 +132,44 @@ class MintInterceptor(grpc.ServerInterceptor):
     def _wrap_unary(self, behavior, method: str, parse):
         def wrapped(request: bytes, context):
             with self._scope(context, method):
-                return behavior(parse(request), context)
+                return behavior(parse(request) if parse else request, context)
 
         return wrapped
 
     def _wrap_stream(self, behavior, method: str, parse):
         def wrapped(request: bytes, context):
             with self._scope(context, method):
-                yield from behavior(parse(request), context)
+                yield from behavior(parse(request) if parse else request, context)
 
         return wrapped
 
     def _wrap_upload(self, behavior, method: str, parse):
         def wrapped(requests: Iterator[bytes], context):
-            with self._scope(context, method, upload=True), _IdleBounded(requests, self._limits.upload_idle_s) as raw:
-                return behavior(map(parse, raw), context)
+            with self._scope(context, method, upload=True):
+                if parse is None:  # forwarded as it comes: the service that implements it bounds idleness
+                    return behavior(requests, context)
+                with _IdleBounded(requests, self._limits.upload_idle_s) as raw:
+                    return behavior(map(parse, raw), context)
 
         return wrapped
 
     def _wrap_stream_upload(self, behavior, method: str, parse):
         def wrapped(requests: Iterator[bytes], context):
-            with self._scope(context, method, upload=True), _IdleBounded(requests, self._limits.upload_idle_s) as raw:
-                yield from behavior(map(parse, raw), context)
+            with self._scope(context, method, upload=True):
+                if parse is None:
+                    yield from behavior(requests, context)
+                    return
+                with _IdleBounded(requests, self._limits.upload_idle_s) as raw:
+                    yield from behavior(map(parse, raw), context)
 
         return wrapped
 
 
-def _parser(deserializer: Callable[[bytes], Any] | None, limits: RequestLimits) -> Callable[[bytes], Any]:
-    """bytes -> a checked request message; raw bytes stay raw (services that forward them untouched)."""
+def _parser(deserializer: Callable[[bytes], Any] | None, limits: RequestLimits) -> Callable[[bytes], Any] | None:
+    """bytes -> a checked request message; None for raw handlers (a service forwarding calls untouched,
+    whose target parses and checks them)."""
     if deserializer is None:
-        return lambda raw: raw
+        return None
     name = getattr(getattr(deserializer, "__self__", None), "__name__", "request")
 
     def parse(raw: bytes):
