@@ -31,7 +31,8 @@ from mint.errors import invalid
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 ALLOWED_DTYPES = frozenset({"F32", "F16", "BF16"})
-_NAME = re.compile(r"^base_model\.model\.model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.lora_(A|B)\.weight$")
+# Matched whole and ASCII-only: `\d` would take other scripts' digits as layer numbers, `$` a final newline.
+_NAME = re.compile(r"base_model\.model\.model\.layers\.(0|[1-9][0-9]{0,5})\.(self_attn|mlp)\.([a-z_]+)\.lora_(A|B)\.weight", re.ASCII)
 
 
 def tensor_name(layer: int, module: str, which: str) -> str:
@@ -128,7 +129,7 @@ def validate_adapter(config: AdapterConfig, weights_path: str | os.PathLike, bas
 
 
 def _parse_name(name: str, base: BaseShapes, config: AdapterConfig) -> tuple[int, str, str]:
-    match = _NAME.match(name)
+    match = _NAME.fullmatch(name)
     if match is None:
         raise invalid(f"tensor name {name[:200]!r} is not a PEFT LoRA weight (base_model.model.model.layers.N.<module>.lora_A|B.weight)")
     layer, parent, module, which = int(match[1]), match[2], match[3], match[4]
@@ -148,7 +149,7 @@ def load_weights(config: AdapterConfig, weights_path: str | os.PathLike, dtype: 
         header = read_header(f, os.fstat(f.fileno()).st_size)
     tensors: dict[tuple[int, str], list[torch.Tensor | None]] = {}
     for name, tensor in map_tensors(weights_path, header).items():
-        match = _NAME.match(name)
+        match = _NAME.fullmatch(name)
         if match is None:
             raise invalid(f"unexpected tensor {name!r} in adapter")
         pair = tensors.setdefault((int(match[1]), match[3]), [None, None])

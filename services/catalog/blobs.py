@@ -11,22 +11,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
 from mint.errors import Code, MintError, invalid, not_found
+from mint.names import check_sha256
 
 CHUNK_BYTES = 4 * 1024 * 1024
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-
-def check_sha256(value: str) -> str:
-    if not _SHA256.match(value or ""):
-        raise invalid(f"sha256 must be 64 lowercase hex characters, got {value[:80]!r}")
-    return value
 
 
 @dataclasses.dataclass(slots=True)

@@ -185,6 +185,15 @@ def _without(name: str) -> tuple[str, bytes]:
     return json.dumps(adapter.config.to_dict()), save(state)
 
 
+def _renamed(name: str, new_name: str) -> tuple[str, bytes]:
+    from safetensors.torch import save
+
+    adapter = make_adapter(rank=4, modules=("q_proj",))
+    state = adapter.state_dict()
+    state[new_name] = state.pop(name)
+    return json.dumps(adapter.config.to_dict()), save(state)
+
+
 def _config(**changes) -> str:
     config = json.loads(_good()[0])
     config.update(changes)
@@ -220,6 +229,9 @@ BAD_INPUTS = {
     "untargeted module": lambda: _with_tensor("base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight", torch.zeros(4, 64)),
     "layer out of range": lambda: _with_tensor("base_model.model.model.layers.9.self_attn.q_proj.lora_A.weight", torch.zeros(4, 64)),
     "hostile tensor name": lambda: _with_tensor("../../etc/passwd", torch.zeros(1)),
+    "layer in arabic digits": lambda: _renamed(Q_A, Q_A.replace("layers.0", "layers.\u0660")),
+    "layer with a leading zero": lambda: _renamed(Q_A, Q_A.replace("layers.0", "layers.00")),
+    "tensor name with a trailing newline": lambda: _renamed(Q_A, Q_A + "\n"),
     "missing lora_B": lambda: _without("base_model.model.model.layers.1.self_attn.q_proj.lora_B.weight"),
     "config not json": lambda: ("{r: 4", _good()[1]),
     "config missing r": lambda: (_config(r=...), _good()[1]),

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from sqlalchemy import insert, select
 
 from mint.adapters import LORA_MODULES
 from mint.errors import Code, MintError, invalid, not_found
+from mint.names import check_base_model_name, check_sha256
 from services.catalog.store.audit import record_event
 from services.catalog.store.db import Database
 from services.catalog.store.entities import BaseModel, Page, decode_token, encode_token, page_size, utcnow
 from services.catalog.store.tables import base_models
-
-_BASE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def _entity(row) -> BaseModel:
@@ -46,12 +43,10 @@ class BaseModelStore:
         num_layers: int,
         actor: str,
     ) -> BaseModel:
-        if not _BASE_NAME.match(name or ""):
-            raise invalid(f"base model name {name[:80]!r} is invalid: 1-128 characters of letters, digits, '.', '_', '/', '-'")
+        check_base_model_name(name)
         if not architecture:
             raise invalid("base model architecture is required (e.g. llama, qwen2, qwen3)")
-        if not _SHA256.match(weights_sha256 or ""):
-            raise invalid(f"weights_sha256 must be 64 lowercase hex characters, got {weights_sha256[:80]!r}")
+        check_sha256(weights_sha256, "weights_sha256")
         if num_layers < 1:
             raise invalid(f"num_layers must be >= 1, got {num_layers}")
         unknown = sorted(set(module_shapes) - set(LORA_MODULES))
