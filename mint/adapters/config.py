@@ -8,11 +8,19 @@ import math
 from typing import Any
 
 from mint.errors import invalid
+from mint.limits import json_depth
 
 LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ATTN_MODULES = LORA_MODULES[:4]
 MLP_MODULES = LORA_MODULES[4:]
 MAX_CONFIG_BYTES = 64 * 1024
+MAX_CONFIG_DEPTH = 8  # PEFT's configs nest objects two or three deep (loftq_config, rank_pattern); no parser needs more
+# What an adapter's scale (lora_alpha / r, or / sqrt(r) with rsLoRA) may be: from fp16's smallest normal number
+# up to 1024, far past any trained adapter's (PEFT's defaults give 1 or 2). Outside it the LoRA term underflows
+# to nothing or overflows half-precision activations. lora_alpha itself is bounded so that it stays a plain number.
+MAX_LORA_ALPHA = 2.0**16
+MAX_RANK = 2**16  # of the format; services narrow it (mint.adapters.Limits.max_rank)
+SCALING_RANGE = (2.0**-14, 2.0**10)
 
 # PEFT features that change what an adapter computes and that MinT does not implement. Each must be
 # absent or left at its empty value; `bias` must be "none".
@@ -43,10 +51,19 @@ class AdapterConfig:
     lora_dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r < 1:
-            raise invalid(f"adapter rank r must be a positive integer, got {self.r!r}")
-        if not isinstance(self.lora_alpha, int | float) or not math.isfinite(self.lora_alpha) or self.lora_alpha <= 0:
-            raise invalid(f"lora_alpha must be a positive finite number, got {self.lora_alpha!r}")
+        if not isinstance(self.r, int) or isinstance(self.r, bool) or not 1 <= self.r <= MAX_RANK:
+            raise invalid(f"adapter rank r must be an integer in 1..{MAX_RANK}, got {str(self.r)[:40]}")
+        alpha = self.lora_alpha
+        if not isinstance(alpha, int | float) or isinstance(alpha, bool) or not (math.isfinite(alpha) and 0 < alpha <= MAX_LORA_ALPHA):
+            raise invalid(f"lora_alpha must be a number in (0, {MAX_LORA_ALPHA:g}], got {alpha!r}")
+        if not isinstance(self.use_rslora, bool):
+            raise invalid(f"use_rslora must be true or false, got {self.use_rslora!r}")
+        low, high = SCALING_RANGE
+        if not low <= self.scaling <= high:
+            divisor = f"sqrt(r) = {math.sqrt(self.r):g}" if self.use_rslora else f"r = {self.r}"
+            raise invalid(
+                f"lora_alpha {alpha:g} / {divisor} gives the scale {self.scaling:g}; it must be in [{low:g}, {high:g}]"
+            )
         unknown = sorted(set(self.target_modules) - set(LORA_MODULES))
         if unknown or not self.target_modules:
             raise invalid(f"target_modules {list(self.target_modules)!r} must be a non-empty subset of {list(LORA_MODULES)}")
@@ -61,6 +78,10 @@ class AdapterConfig:
         if len(text) > MAX_CONFIG_BYTES:
             raise invalid(f"adapter_config.json is {len(text)} bytes; the limit is {MAX_CONFIG_BYTES}")
         try:
+            if isinstance(text, bytes):
+                text = text.decode("utf-8")
+            if json_depth(text, MAX_CONFIG_DEPTH) > MAX_CONFIG_DEPTH:
+                raise invalid(f"adapter_config.json nests arrays or objects more than {MAX_CONFIG_DEPTH} deep")
             raw = json.loads(text)
         except (ValueError, UnicodeDecodeError) as err:
             raise invalid(f"adapter_config.json is not valid JSON: {err}") from None
@@ -89,6 +110,9 @@ class AdapterConfig:
         dropout = raw.get("lora_dropout", 0.0)
         if not isinstance(dropout, int | float) or not 0.0 <= dropout < 1.0:
             raise invalid(f"lora_dropout must be in [0, 1), got {dropout!r}")
+        use_rslora = raw.get("use_rslora") or False  # PEFT writes false; older configs may write null or omit it
+        if not isinstance(use_rslora, bool):
+            raise invalid(f"use_rslora must be true or false, got {use_rslora!r}")
         base = raw.get("base_model_name_or_path") or ""
         if not isinstance(base, str):
             raise invalid("base_model_name_or_path must be a string")
@@ -96,7 +120,7 @@ class AdapterConfig:
             r=raw["r"],
             lora_alpha=raw["lora_alpha"],
             target_modules=tuple(targets),
-            use_rslora=bool(raw.get("use_rslora", False)),
+            use_rslora=use_rslora,
             base_model_name_or_path=base,
             lora_dropout=float(dropout),
         )

@@ -20,6 +20,7 @@ import torch
 from mint.adapters.config import ATTN_MODULES, LORA_MODULES, AdapterConfig
 from mint.adapters.safetensors_file import (
     DEFAULT_MAX_HEADER_BYTES,
+    PICKLE_REFUSAL,
     first_nonfinite,
     map_tensors,
     read_header,
@@ -170,6 +171,6 @@ def read_adapter_dir(directory: str | os.PathLike) -> tuple[AdapterConfig, Path]
         raise invalid(f"{path} has no {CONFIG_NAME}")
     if not weights_path.is_file():
         if (path / "adapter_model.bin").exists():
-            raise invalid(f"{path} holds a pickled adapter_model.bin; MinT only reads safetensors")
+            raise invalid(f"{path} holds adapter_model.bin and no {WEIGHTS_NAME}: {PICKLE_REFUSAL}")
         raise invalid(f"{path} has no {WEIGHTS_NAME}")
     return AdapterConfig.from_json(config_path.read_bytes()), weights_path

@@ -19,13 +19,22 @@ from typing import BinaryIO
 
 import torch
 
-from mint.errors import invalid
+from mint.errors import MintError, invalid
+from mint.limits import json_depth
 
 DTYPE_BYTES = {
     "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
     "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8,
 }
 DEFAULT_MAX_HEADER_BYTES = 4 * 1024 * 1024
+HEADER_DEPTH = 3  # header object > tensor entry > shape or offsets list; nothing valid nests deeper
+PICKLE_REFUSAL = (
+    "this is a pickle (a PyTorch .bin or torch.save file), not safetensors; MinT never unpickles. Convert it on a "
+    "machine that trusts the file: python -c \"import torch, safetensors.torch as st; "
+    "st.save_file(torch.load('adapter_model.bin', weights_only=True), 'adapter_model.safetensors')\""
+)
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format: a zip holding a pickle
+_PICKLE_PROTOCOLS = b"\x02\x03\x04\x05"  # a pickle of protocol >= 2 starts with PROTO (0x80) and its number
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -47,17 +56,20 @@ class Header:
 def read_header(f: BinaryIO, file_size: int, *, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> Header:
     prefix = f.read(8)
     if len(prefix) < 8:
-        raise invalid(f"not a safetensors file: {file_size} bytes is too short for the 8-byte header length")
+        raise _not_safetensors(prefix, f"not a safetensors file: {file_size} bytes is too short for the 8-byte header length")
     (n,) = struct.unpack("<Q", prefix)
     if n > max_header_bytes:
-        raise invalid(f"safetensors header claims {n} bytes; the limit is {max_header_bytes}")
+        raise _not_safetensors(prefix, f"safetensors header claims {n} bytes; the limit is {max_header_bytes}")
     if 8 + n > file_size:
-        raise invalid(f"safetensors header claims {n} bytes but the file has only {file_size - 8} after the length")
+        raise _not_safetensors(prefix, f"safetensors header claims {n} bytes but the file has only {file_size - 8} after the length")
     raw = f.read(n)
     if raw[:1] != b"{":
-        raise invalid("safetensors header is not a JSON object (a pickle or another format?)")
+        raise _not_safetensors(prefix, "safetensors header is not a JSON object")
     try:
-        parsed = json.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        if json_depth(text, HEADER_DEPTH) > HEADER_DEPTH:
+            raise invalid(f"safetensors header nests arrays or objects more than {HEADER_DEPTH} deep; the format needs no more")
+        parsed = json.loads(text)
     except (UnicodeDecodeError, ValueError) as err:
         raise invalid(f"safetensors header is not valid JSON: {err}") from None
     if not isinstance(parsed, dict):
@@ -75,6 +87,14 @@ def read_header(f: BinaryIO, file_size: int, *, max_header_bytes: int = DEFAULT_
     if covered != data_size:
         raise invalid(f"safetensors tensors cover {covered} bytes but the data section has {data_size}")
     return Header(tensors=tensors, metadata=metadata, data_start=8 + n)
+
+
+def _not_safetensors(prefix: bytes, message: str) -> MintError:
+    """The refusal for a file that does not start like safetensors: saying so plainly when it is a pickle.
+    (Only for files that fail as safetensors: a valid header length may begin with the same bytes.)"""
+    if prefix.startswith(_ZIP_MAGIC) or (prefix[:1] == b"\x80" and prefix[1:2] and prefix[1:2] in _PICKLE_PROTOCOLS):
+        return invalid(PICKLE_REFUSAL)
+    return invalid(message)
 
 
 def _entry(name: str, value: object, data_size: int) -> TensorEntry:

@@ -185,6 +185,11 @@ def _without(name: str) -> tuple[str, bytes]:
     return json.dumps(adapter.config.to_dict()), save(state)
 
 
+def _deep_header(depth: int) -> bytes:
+    raw = ('{"__metadata__": {"a": ' + "[" * depth + "]" * depth + "}}").encode()
+    return struct.pack("<Q", len(raw)) + raw
+
+
 def _renamed(name: str, new_name: str) -> tuple[str, bytes]:
     from safetensors.torch import save
 
@@ -242,6 +247,13 @@ BAD_INPUTS = {
     "config bias": lambda: (_config(bias="all"), _good()[1]),
     "config not lora": lambda: (_config(peft_type="IA3"), _good()[1]),
     "config negative alpha": lambda: (_config(lora_alpha=-1), _good()[1]),
+    "config absurd alpha": lambda: (_config(lora_alpha=1e300), _good()[1]),
+    "config nan alpha": lambda: (_config(lora_alpha=float("nan")), _good()[1]),
+    "config scale overflows fp16": lambda: (_config(lora_alpha=60000), _good()[1]),
+    "config rank 0": lambda: (_config(r=0), _good()[1]),
+    "config negative rank": lambda: (_config(r=-4), _good()[1]),
+    "config nested 20 deep": lambda: (_config(extra=json.loads("[" * 20 + "]" * 20)), _good()[1]),
+    "header nested 100,000 deep": lambda: (_good()[0], _deep_header(100_000)),
 }
 
 
