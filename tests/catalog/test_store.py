@@ -302,3 +302,40 @@ def test_the_lineage_query_in_docs_audit_md_walks_the_parent_chain(store):
     """
     with store.db.read() as conn:
         assert [tuple(r) for r in conn.execute(text(query))] == [(0, 4), (1, 2), (2, 1)]
+
+
+@pytest.fixture
+def pg_store(pg_url):
+    store = CatalogStore.open(pg_url)
+    store.tenants.create_tenant("acme", actor=ACTOR)
+    store.base_models.register(
+        name="tiny", architecture="llama", config={}, weights_sha256="0" * 64, module_shapes=TINY_SHAPES, num_layers=TINY_LAYERS, actor=ACTOR,
+    )
+    store.policies.create("acme", "bot", base_model="tiny", actor=ACTOR)
+    publish(store, i=0)
+    yield store
+    store.close()
+
+
+NUL_WRITES = {
+    "policy description": lambda s: s.policies.create("acme", "other", base_model="tiny", description="a\0b", actor=ACTOR),
+    "revision source": lambda s: publish(s, i=1, source="trainer\0"),
+    "idempotency key": lambda s: publish(s, i=1, idempotency_key="step\0"),
+    "metric name (jsonb)": lambda s: publish(s, i=1, metrics={"loss\0": 1.0}),
+    "metric name recorded later": lambda s: s.revisions.record_metrics(ref("acme/bot@1"), {"acc\0": 1.0}, actor=ACTOR),
+    "alias reason": lambda s: s.aliases.set_alias("acme", "bot", "prod", 1, actor=ACTOR, reason="\0"),
+    "retract reason": lambda s: s.revisions.retract("acme", "bot", 1, reason="leak\0", actor=ACTOR),
+    "key name": lambda s: s.tenants.create_key("acme", "ci\0", Role.MEMBER, actor=ACTOR),
+    "actor": lambda s: s.policies.create("acme", "other", base_model="tiny", actor="key:\0"),
+    "bulk source (COPY)": lambda s: s.bulk.import_records(
+        [[ImportRecord(policy="acme/bot", number=2, sha256=sha(0), rank=4, alpha=8, target_modules=("q_proj",), source="s\0")]], actor=ACTOR
+    ),
+    "lookup by a NUL key id": lambda s: s.tenants.lookup_key("00000000000\0"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NUL_WRITES))
+def test_values_postgres_refuses_are_invalid_argument_not_internal(pg_store, case):
+    """The servers refuse NUL characters in requests; a path that bypasses them still gets INVALID_ARGUMENT."""
+    assert error_code(NUL_WRITES[case], pg_store) is Code.INVALID_ARGUMENT
+    assert pg_store.revisions.resolve(ref("acme/bot")).number == 1 and pg_store.policies.get("acme", "bot").head_number == 1
