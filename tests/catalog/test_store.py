@@ -202,11 +202,15 @@ def test_audit_log_records_every_change_and_is_append_only(store):
     assert [e.action for e in events][:3] == ["set_alias", "publish", "create_policy"]
     assert events[1].policy == "acme/bot" and events[1].revision_number == 1
     assert [e.action for e in store.audit.list_events("acme", action="publish").items] == ["publish"]
-    for statement in ("UPDATE audit_events SET action = 'x'", "DELETE FROM alias_moves"):
-        with pytest.raises(MintError) as info, store.db.write() as conn:
+    statements = ["UPDATE audit_events SET action = 'x'", "DELETE FROM alias_moves", "DELETE FROM audit_events", "UPDATE alias_moves SET reason = 'x'"]
+    if store.db.is_postgres:  # SQLite has no TRUNCATE
+        statements += ["TRUNCATE audit_events", "TRUNCATE alias_moves", "TRUNCATE audit_events, alias_moves", "TRUNCATE policies CASCADE"]
+    for statement in statements:
+        with pytest.raises(MintError, match="append-only") as info, store.db.write() as conn:
             conn.execute(text(statement))
-        assert info.value.code is Code.FAILED_PRECONDITION
+        assert info.value.code is Code.FAILED_PRECONDITION, statement
     assert len(store.audit.list_events("acme").items) == len(events)
+    assert [m.to_number for m in store.aliases.history("acme", "bot", "prod").items] == [1]
 
 
 def test_audit_views_answer_plain_sql(store):
