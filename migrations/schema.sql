@@ -60,6 +60,8 @@ column base_models.created_at timestamp with time zone NOT NULL
 column blobs.sha256 character varying(64) NOT NULL
 column blobs.size_bytes bigint NOT NULL
 column blobs.created_at timestamp with time zone NOT NULL
+column catalog_secrets.name character varying(64) NOT NULL
+column catalog_secrets.value character varying(256) NOT NULL
 column policies.id bigint NOT NULL DEFAULT nextval('policies_id_seq'::regclass)
 column policies.tenant_id bigint NOT NULL
 column policies.name character varying(64) NOT NULL
@@ -125,6 +127,7 @@ constraint audit_events audit_events_tenant_id_fkey FOREIGN KEY (tenant_id) REFE
 constraint base_models base_models_name_key UNIQUE (name)
 constraint base_models base_models_pkey PRIMARY KEY (id)
 constraint blobs blobs_pkey PRIMARY KEY (sha256)
+constraint catalog_secrets catalog_secrets_pkey PRIMARY KEY (name)
 constraint policies policies_base_model_id_fkey FOREIGN KEY (base_model_id) REFERENCES base_models(id)
 constraint policies policies_pkey PRIMARY KEY (id)
 constraint policies policies_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES tenants(id)
@@ -143,6 +146,7 @@ index CREATE UNIQUE INDEX audit_events_pkey ON public.audit_events USING btree (
 index CREATE UNIQUE INDEX base_models_name_key ON public.base_models USING btree (name)
 index CREATE UNIQUE INDEX base_models_pkey ON public.base_models USING btree (id)
 index CREATE UNIQUE INDEX blobs_pkey ON public.blobs USING btree (sha256)
+index CREATE UNIQUE INDEX catalog_secrets_pkey ON public.catalog_secrets USING btree (name)
 index CREATE INDEX ix_alias_moves_policy_alias ON public.alias_moves USING btree (policy_id, alias, id)
 index CREATE INDEX ix_audit_events_policy ON public.audit_events USING btree (policy_id, id)
 index CREATE INDEX ix_audit_events_tenant ON public.audit_events USING btree (tenant_id, id)

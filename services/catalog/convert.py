@@ -1,4 +1,10 @@
-"""Catalog entities to protobuf messages (and the few inverse conversions servicers need)."""
+"""Catalog entities to protobuf messages (and the few inverse conversions servicers need).
+
+No message carries a row id (the `id` fields of Tenant, BaseModel, Policy, Revision, AliasMove and
+AuditEvent, and AdapterRef.revision_id, stay 0): ids are catalog-wide and grow with every tenant's
+activity, so showing them would tell one tenant how busy the others are. A revision is named by its
+address and its bytes by their sha256; the SQL audit views keep the ids for administrators.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from mint.auth import Role
 from mint.proto import catalog_pb2 as pb
 from mint.proto import common_pb2
-from services.catalog.store.entities import Alias, AliasMove, AuditEvent, BaseModel, Policy, Revision
+from services.catalog.store.entities import Alias, AliasMove, AuditEvent, BaseModel, Policy, Revision, Tenant
 
 ROLE_TO_PB = {Role.MEMBER: pb.ROLE_MEMBER, Role.SERVICE: pb.ROLE_SERVICE, Role.ADMIN: pb.ROLE_ADMIN}
 ROLE_FROM_PB = {v: k for k, v in ROLE_TO_PB.items()}
@@ -27,9 +33,12 @@ def timestamp(value: dt.datetime | None) -> Timestamp | None:
     return ts
 
 
+def tenant_pb(t: Tenant) -> pb.Tenant:
+    return pb.Tenant(name=t.name, created_at=timestamp(t.created_at))
+
+
 def base_model_pb(m: BaseModel) -> pb.BaseModel:
     return pb.BaseModel(
-        id=m.id,
         name=m.name,
         architecture=m.architecture,
         config_json=json.dumps(m.config, sort_keys=True),
@@ -42,7 +51,6 @@ def base_model_pb(m: BaseModel) -> pb.BaseModel:
 
 def policy_pb(p: Policy) -> pb.Policy:
     return pb.Policy(
-        id=p.id,
         tenant=p.tenant,
         name=p.name,
         full_name=p.full_name,
@@ -56,7 +64,6 @@ def policy_pb(p: Policy) -> pb.Policy:
 
 def revision_pb(r: Revision) -> pb.Revision:
     return pb.Revision(
-        id=r.id,
         policy=r.full_policy,
         number=r.number,
         parent_number=r.parent_number or 0,
@@ -82,7 +89,6 @@ def revision_pb(r: Revision) -> pb.Revision:
 def adapter_ref(r: Revision | pb.Revision) -> common_pb2.AdapterRef:
     """What an engine needs to serve a revision (from the entity, or a Revision message: same fields)."""
     return common_pb2.AdapterRef(
-        revision_id=r.id,
         address=r.address,
         sha256=r.sha256,
         size_bytes=r.size_bytes,
@@ -100,7 +106,6 @@ def alias_pb(a: Alias) -> pb.Alias:
 
 def alias_move_pb(m: AliasMove) -> pb.AliasMove:
     return pb.AliasMove(
-        id=m.id,
         policy=m.policy,
         alias=m.alias,
         from_number=m.from_number or 0,
@@ -114,7 +119,6 @@ def alias_move_pb(m: AliasMove) -> pb.AliasMove:
 
 def audit_event_pb(e: AuditEvent) -> pb.AuditEvent:
     return pb.AuditEvent(
-        id=e.id,
         at=timestamp(e.at),
         tenant=e.tenant or "",
         actor=e.actor,

@@ -35,7 +35,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
 
     def CreateTenant(self, request, context):
         tenant = self.catalog.create_tenant(request.name)
-        return pb.Tenant(id=tenant.id, name=tenant.name, created_at=convert.timestamp(tenant.created_at))
+        return convert.tenant_pb(tenant)
 
     def CreateApiKey(self, request, context):
         role = convert.ROLE_FROM_PB.get(request.role or pb.ROLE_MEMBER)

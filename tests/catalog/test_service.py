@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import hashlib
 import json
 import pickle
 import struct
 import threading
+import uuid
 from pathlib import Path
 
 import grpc
 import pytest
 import torch
+from google.protobuf import json_format
 
 from mint import auth
 from mint.proto import catalog_pb2 as pb
@@ -19,6 +23,7 @@ from mint.proto import catalog_pb2_grpc, common_pb2
 from mint.server import channel
 from services.catalog.config import CatalogConfig
 from services.catalog.main import create_server, open_catalog
+from tests.conftest import create_database, drop_database
 from tests.factories import TINY_LAYERS, TINY_SHAPES, adapter_files, make_adapter
 
 ADMIN_KEY = auth.generate_key().key
@@ -43,9 +48,10 @@ class Client:
         return self.stub.PublishRevision(messages(), metadata=self.md)
 
 
-@pytest.fixture
-def service(pg_url, tmp_path):
-    config = CatalogConfig(database_url=pg_url, blob_dir=str(tmp_path / "blobs"), admin_key=ADMIN_KEY, max_rank=64)
+@contextlib.contextmanager
+def serving(url: str, blob_dir: Path):
+    """A catalog server on `url` with tenants acme and globex (a member key each), base model tiny and acme/bot."""
+    config = CatalogConfig(database_url=url, blob_dir=str(blob_dir), admin_key=ADMIN_KEY, max_rank=64)
     catalog = open_catalog(config)
     server, port = create_server(config, catalog)
     server.start()
@@ -63,10 +69,25 @@ def service(pg_url, tmp_path):
     acme = Client(stub, admin.CreateApiKey(pb.CreateApiKeyRequest(tenant="acme", name="ci", role=pb.ROLE_MEMBER)).key)
     globex = Client(stub, admin.CreateApiKey(pb.CreateApiKeyRequest(tenant="globex", name="ci", role=pb.ROLE_MEMBER)).key)
     acme.CreatePolicy(pb.CreatePolicyRequest(name="bot", base_model="tiny"))
-    yield {"admin": admin, "acme": acme, "globex": globex, "stub": stub, "channel": ch, "blob_dir": Path(config.blob_dir)}
-    ch.close()
-    server.stop(None)
-    catalog.store.close()
+    try:
+        yield {"admin": admin, "acme": acme, "globex": globex, "stub": stub, "channel": ch, "blob_dir": Path(config.blob_dir), "catalog": catalog}
+    finally:
+        ch.close()
+        server.stop(None)
+        catalog.store.close()
+
+
+@pytest.fixture
+def service(pg_url, tmp_path):
+    with serving(pg_url, tmp_path / "blobs") as service:
+        yield service
+
+
+@pytest.fixture
+def service_any_db(db_url, tmp_path):
+    """The service on Postgres and on SQLite."""
+    with serving(db_url, tmp_path / "blobs") as service:
+        yield service
 
 
 def status_of(fn) -> grpc.StatusCode:
@@ -349,3 +370,228 @@ def test_health_and_reflection_need_no_key(service):
     answers = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
     names = {s.name for s in next(answers).list_services_response.service}
     assert "mint.v1.CatalogService" in names
+
+
+# --- page tokens ---------------------------------------------------------------------------------------
+
+
+def _page(token: str, size: int = 1) -> common_pb2.PageRequest:
+    return common_pb2.PageRequest(page_size=size, page_token=token)
+
+
+LISTINGS = {
+    "ListBaseModels": lambda c, t: c.ListBaseModels(pb.ListBaseModelsRequest(page=_page(t))),
+    "ListPolicies": lambda c, t: c.ListPolicies(pb.ListPoliciesRequest(page=_page(t))),
+    "ListPolicies by prefix": lambda c, t: c.ListPolicies(pb.ListPoliciesRequest(name_prefix="b", page=_page(t))),
+    "ListRevisions of a policy": lambda c, t: c.ListRevisions(pb.ListRevisionsRequest(policy="bot", page=_page(t))),
+    "ListRevisions newest first": lambda c, t: c.ListRevisions(pb.ListRevisionsRequest(policy="bot", newest_first=True, page=_page(t))),
+    "ListRevisions of the tenant": lambda c, t: c.ListRevisions(pb.ListRevisionsRequest(page=_page(t))),
+    "ListAliasHistory": lambda c, t: c.ListAliasHistory(pb.ListAliasHistoryRequest(policy="bot", page=_page(t))),
+    "ListAliasHistory of latest": lambda c, t: c.ListAliasHistory(pb.ListAliasHistoryRequest(policy="bot", alias="latest", page=_page(t))),
+    "ListAuditEvents": lambda c, t: c.ListAuditEvents(pb.ListAuditEventsRequest(page=_page(t))),
+    "ListAuditEvents of publishes": lambda c, t: c.ListAuditEvents(pb.ListAuditEventsRequest(action="publish", page=_page(t))),
+}
+
+
+def _b64json(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
+# What a client could send instead of a token it was given: JSON keysets of every wrong type, range and arity
+# (what tokens used to hold), and strings that are not tokens at all.
+CRAFTED_TOKENS = {
+    "int past int64": _b64json(json.dumps([2**70])),
+    "int64 max + 1": _b64json(json.dumps([2**63])),
+    "null": _b64json("[null]"),
+    "true": _b64json("[true]"),
+    "object": _b64json("[{}]"),
+    "nested list": _b64json("[[1]]"),
+    "string": _b64json('["x"]'),
+    "NUL string": _b64json('["\\u0000"]'),
+    "1e308": _b64json("[1e308]"),
+    "NaN": _b64json("[NaN]"),
+    "negative id": _b64json("[-1]"),
+    "zero": _b64json("[0]"),
+    "wrong arity": _b64json("[1, 2]"),
+    "empty keyset": _b64json("[]"),
+    "not a list": _b64json('{"id": 1}'),
+    "bare number": _b64json("5"),
+    "not json": _b64json("[1"),
+    "not base64": "!!!not-base64!!!",
+    "one character": "a",
+    "padding only": "====",
+    "non-ascii": "\ufb01\u0663",
+    "long": "A" * 3000,
+}
+
+
+def _tokens_to_try(service) -> dict[str, str]:
+    """Crafted tokens, plus real ones spoiled: another listing's, another filter's, altered, cut short."""
+    acme = service["acme"]
+    real = {name: LISTINGS[name](acme, "").next_page_token for name in LISTINGS}
+    assert all(real.values()), real
+    tokens = dict(CRAFTED_TOKENS)
+    good = real["ListRevisions of the tenant"]
+    tokens["another listing's"] = real["ListAuditEvents"]
+    tokens["another filter's"] = real["ListPolicies"]
+    tokens["altered"] = good[:10] + ("A" if good[10] != "A" else "B") + good[11:]
+    tokens["cut short"] = good[:-4]
+    tokens["extended"] = good + "AAAA"
+    return tokens, real
+
+
+def _fill_listings(service) -> None:
+    admin, acme = service["admin"], service["acme"]
+    admin.RegisterBaseModel(
+        pb.RegisterBaseModelRequest(
+            name="tiny2", architecture="llama", config_json="{}", weights_sha256="cd" * 32, num_layers=TINY_LAYERS,
+            module_shapes={k: pb.ModuleShape(in_features=i, out_features=o) for k, (i, o) in TINY_SHAPES.items()},
+        )
+    )
+    acme.CreatePolicy(pb.CreatePolicyRequest(name="bot2", base_model="tiny"))
+    for seed in range(3):
+        acme.publish("bot", *adapter_files(make_adapter(seed=seed)))
+
+
+def test_every_listing_refuses_every_token_it_did_not_issue(service_any_db):
+    _fill_listings(service_any_db)
+    acme = service_any_db["acme"]
+    tokens, real = _tokens_to_try(service_any_db)
+    for listing, call in LISTINGS.items():
+        for case, token in tokens.items():
+            if token == real[listing]:
+                continue
+            with pytest.raises(grpc.RpcError) as info:
+                call(acme, token)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (listing, case, info.value.details())
+            assert "not one this server issued" in info.value.details(), (listing, case, info.value.details())
+
+
+def test_pages_resume_in_another_catalog_process(service_any_db, tmp_path):
+    """A second catalog process on the same database accepts the tokens the first one issued."""
+    _fill_listings(service_any_db)
+    acme = service_any_db["acme"]
+    first = acme.ListRevisions(pb.ListRevisionsRequest(page=_page("")))
+    assert first.revisions[0].number == 1 and first.next_page_token
+    url = service_any_db["catalog"].store.db.url
+    with serving_again(url, tmp_path / "blobs2") as again:
+        second = again.ListRevisions(pb.ListRevisionsRequest(page=_page(first.next_page_token)), metadata=acme.md)
+    assert [r.number for r in second.revisions] == [2]
+
+
+@contextlib.contextmanager
+def serving_again(url: str, blob_dir: Path):
+    """A second catalog server on a database `serving` set up."""
+    config = CatalogConfig(database_url=url, blob_dir=str(blob_dir), admin_key=ADMIN_KEY, max_rank=64)
+    catalog = open_catalog(config)
+    server, port = create_server(config, catalog)
+    server.start()
+    ch = channel(f"127.0.0.1:{port}")
+    try:
+        yield catalog_pb2_grpc.CatalogServiceStub(ch)
+    finally:
+        ch.close()
+        server.stop(None)
+        catalog.store.close()
+
+
+# --- what a member sees of other tenants -------------------------------------------------------------------
+
+
+def _member_view(acme: Client) -> list[dict]:
+    """Everything acme's key can read, as dicts; clock readings left out (they are not other tenants' doing)."""
+    responses = [
+        acme.WhoAmI(pb.WhoAmIRequest()),
+        acme.GetPolicy(pb.GetPolicyRequest(name="bot")),
+        acme.ListPolicies(pb.ListPoliciesRequest(page=_page("", 1))),
+        acme.Resolve(pb.ResolveRequest(ref="bot")),
+        acme.Resolve(pb.ResolveRequest(ref="bot@1")),
+        acme.GetRevision(pb.GetRevisionRequest(ref="bot@prod")),
+        acme.ListRevisions(pb.ListRevisionsRequest(page=_page("", 1))),
+        acme.ListRevisions(pb.ListRevisionsRequest(policy="bot", newest_first=True, page=_page("", 1))),
+        acme.ListAliases(pb.ListAliasesRequest(policy="bot")),
+        acme.ListAliasHistory(pb.ListAliasHistoryRequest(policy="bot", page=_page("", 2))),
+        acme.ListAuditEvents(pb.ListAuditEventsRequest(page=_page("", 3))),
+        acme.ListAuditEvents(pb.ListAuditEventsRequest(page=_page("", 100))),
+        acme.GetBaseModel(pb.GetBaseModelRequest(name="tiny")),
+        acme.ListBaseModels(pb.ListBaseModelsRequest()),
+        next(iter(acme.DownloadRevision(pb.DownloadRevisionRequest(ref="bot@2")))),
+        acme.RecordMetrics(pb.RecordMetricsRequest(ref="bot@2", metrics={"eval": 1.0})),
+        acme.CreatePolicy(pb.CreatePolicyRequest(name="new", base_model="tiny")),
+    ]
+    key_id = responses[0].key_id
+    view = []
+    for response in responses:
+        text = json.dumps(json_format.MessageToDict(response, preserving_proto_field_name=True), sort_keys=True)
+        text = text.replace(key_id, "<acme's key>")  # keys are random per catalog
+        view.append(_scrubbed(json.loads(text)))
+    return view
+
+
+_CLOCK_FIELDS = {"created_at", "updated_at", "at"}
+
+
+def _scrubbed(value):
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            if key in _CLOCK_FIELDS:
+                continue
+            if key == "next_page_token":
+                item = f"<a token of {len(item)} characters>"  # sealed: their bytes differ by catalog, never their length
+            elif key == "details_json":
+                item = json.loads(item)
+            out[key] = _scrubbed(item)
+        return out
+    if isinstance(value, list):
+        return [_scrubbed(v) for v in value]
+    return value
+
+
+def _acme_story(world, busy_neighbours: bool) -> list[dict]:
+    """The same steps by acme in every world; in a busy one, globex works between them (and shares an import)."""
+    acme, globex, admin = world["acme"], world["globex"], world["admin"]
+    modules = list(make_adapter().config.target_modules)
+    neighbour = f"p{uuid.uuid4().hex[:6]}"
+    if busy_neighbours:
+        globex.CreatePolicy(pb.CreatePolicyRequest(name=neighbour, base_model="tiny"))
+
+    def neighbours():
+        if busy_neighbours:
+            for seed in range(3):
+                globex.publish(neighbour, *adapter_files(make_adapter(seed=100 + seed)))
+            globex.SetAlias(pb.SetAliasRequest(policy=neighbour, alias="prod", revision_number=2))
+
+    neighbours()
+    acme.publish("bot", *adapter_files(make_adapter(seed=1)))
+    neighbours()
+    acme.publish("bot", *adapter_files(make_adapter(seed=2)))
+    neighbours()
+    acme.SetAlias(pb.SetAliasRequest(policy="bot", alias="prod", revision_number=1))
+    neighbours()
+    config_json, data = adapter_files(make_adapter(seed=200))
+    blob = admin.UploadBlob(iter([pb.BlobChunk(data=data, base_model="tiny", adapter_config_json=config_json)]))
+    records = [pb.RevisionRecord(policy="acme/imported", base_model="tiny", number=1, sha256=blob.sha256, rank=4, alpha=8, target_modules=modules)]
+    if busy_neighbours:
+        head = globex.GetPolicy(pb.GetPolicyRequest(name=neighbour)).head_number
+        records += [
+            pb.RevisionRecord(policy=f"globex/{neighbour}", number=head + n, sha256=blob.sha256, rank=4, alpha=8, target_modules=modules)
+            for n in (1, 2, 3)
+        ]
+        records += [pb.RevisionRecord(policy="globex/fresh", base_model="tiny", number=1, sha256=blob.sha256, rank=4, alpha=8, target_modules=modules)]
+    admin.ImportRevisions(iter([pb.ImportRevisionsRequest(records=records)]))
+    neighbours()
+    return _member_view(acme)
+
+
+def test_a_members_view_does_not_change_when_other_tenants_are_busy(pg_url, tmp_path):
+    quiet_url = create_database()
+    try:
+        with serving(quiet_url, tmp_path / "quiet") as quiet:
+            quiet_view = _acme_story(quiet, busy_neighbours=False)
+        with serving(pg_url, tmp_path / "busy") as busy:
+            busy_view = _acme_story(busy, busy_neighbours=True)
+    finally:
+        drop_database(quiet_url)
+    for quiet_item, busy_item in zip(quiet_view, busy_view, strict=True):
+        assert quiet_item == busy_item

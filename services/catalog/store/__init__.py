@@ -7,6 +7,7 @@ from services.catalog.store.audit import AuditStore
 from services.catalog.store.base_models import BaseModelStore
 from services.catalog.store.bulk import BulkImporter, ImportRecord, ImportResult
 from services.catalog.store.db import Database
+from services.catalog.store.pages import PageTokens
 from services.catalog.store.policies import PolicyStore
 from services.catalog.store.revisions import NewRevision, RevisionStore
 from services.catalog.store.tenants import TenantStore
@@ -15,12 +16,13 @@ from services.catalog.store.tenants import TenantStore
 class CatalogStore:
     def __init__(self, db: Database):
         self.db = db
+        tokens = PageTokens.load(db)
         self.tenants = TenantStore(db)
-        self.base_models = BaseModelStore(db)
-        self.policies = PolicyStore(db)
-        self.revisions = RevisionStore(db)
-        self.aliases = AliasStore(db)
-        self.audit = AuditStore(db)
+        self.base_models = BaseModelStore(db, tokens)
+        self.policies = PolicyStore(db, tokens)
+        self.revisions = RevisionStore(db, tokens)
+        self.aliases = AliasStore(db, tokens)
+        self.audit = AuditStore(db, tokens)
         self.bulk = BulkImporter(db)
 
     @classmethod

@@ -9,15 +9,8 @@ from mint.errors import invalid, not_found, precondition
 from mint.names import LATEST, check_alias
 from services.catalog.store.audit import record_event
 from services.catalog.store.db import Database
-from services.catalog.store.entities import (
-    Alias,
-    AliasMove,
-    Page,
-    decode_token,
-    encode_token,
-    page_size,
-    utcnow,
-)
+from services.catalog.store.entities import Alias, AliasMove, Page, utcnow
+from services.catalog.store.pages import ALIAS_MOVES, PageTokens, page_size
 from services.catalog.store.tables import alias_moves, aliases, policies, revisions, tenants
 
 
@@ -69,8 +62,9 @@ def lock_policy(conn: Connection, tenant: str, policy: str) -> tuple[int, int, i
 
 
 class AliasStore:
-    def __init__(self, db: Database):
+    def __init__(self, db: Database, tokens: PageTokens):
         self.db = db
+        self.tokens = tokens
 
     def set_alias(self, tenant: str, policy: str, alias: str, number: int, *, actor: str, reason: str = "") -> Alias:
         check_alias(alias)
@@ -135,7 +129,8 @@ class AliasStore:
     def history(self, tenant: str, policy: str, alias: str = "", *, page_token: str = "", limit: int = 0) -> Page[AliasMove]:
         """Newest move first."""
         size = page_size(limit)
-        after = decode_token(page_token, 1)
+        scope = (tenant, policy, alias)
+        after = self.tokens.decode(page_token, ALIAS_MOVES, scope)
         with self.db.read() as conn:
             policy_id = conn.execute(
                 select(policies.c.id).join(tenants, tenants.c.id == policies.c.tenant_id).where(and_(tenants.c.name == tenant, policies.c.name == policy))
@@ -156,7 +151,7 @@ class AliasStore:
             )
             for r in rows[:size]
         ]
-        return Page(items=moves, next_token=encode_token(moves[-1].id) if len(rows) > size else "")
+        return Page(items=moves, next_token=self.tokens.encode(ALIAS_MOVES, scope, (moves[-1].id,)) if len(rows) > size else "")
 
 
 def _require_active(conn: Connection, policy_id: int, tenant: str, policy: str, number: int, head: int) -> None:

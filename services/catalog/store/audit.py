@@ -9,7 +9,8 @@ from sqlalchemy.engine import Connection
 
 from mint.errors import not_found
 from services.catalog.store.db import Database
-from services.catalog.store.entities import AuditEvent, Page, decode_token, encode_token, page_size, utcnow
+from services.catalog.store.entities import AuditEvent, Page, utcnow
+from services.catalog.store.pages import AUDIT_EVENTS, PageTokens, page_size
 from services.catalog.store.tables import audit_events, policies, tenants
 
 
@@ -37,15 +38,17 @@ def record_event(
 
 
 class AuditStore:
-    def __init__(self, db: Database):
+    def __init__(self, db: Database, tokens: PageTokens):
         self.db = db
+        self.tokens = tokens
 
     def list_events(
         self, tenant: str, *, policy: str | None = None, action: str | None = None, page_token: str = "", limit: int = 0
     ) -> Page[AuditEvent]:
         """Newest first, keyset-paginated on the event id."""
         size = page_size(limit)
-        after = decode_token(page_token, 1)
+        scope = (tenant, policy or "", action or "")
+        after = self.tokens.decode(page_token, AUDIT_EVENTS, scope)
         pt = tenants.alias("pt")
         query = (
             select(
@@ -87,4 +90,4 @@ class AuditStore:
             )
             for row in rows[:size]
         ]
-        return Page(items=events, next_token=encode_token(events[-1].id) if len(rows) > size else "")
+        return Page(items=events, next_token=self.tokens.encode(AUDIT_EVENTS, scope, (events[-1].id,)) if len(rows) > size else "")

@@ -11,7 +11,8 @@ from mint.errors import Code, MintError, invalid, not_found
 from mint.names import check_base_model_name, check_sha256
 from services.catalog.store.audit import record_event
 from services.catalog.store.db import Database
-from services.catalog.store.entities import BaseModel, Page, decode_token, encode_token, page_size, utcnow
+from services.catalog.store.entities import BaseModel, Page, utcnow
+from services.catalog.store.pages import BASE_MODELS, PageTokens, page_size
 from services.catalog.store.tables import base_models
 
 
@@ -29,8 +30,9 @@ def _entity(row) -> BaseModel:
 
 
 class BaseModelStore:
-    def __init__(self, db: Database):
+    def __init__(self, db: Database, tokens: PageTokens):
         self.db = db
+        self.tokens = tokens
 
     def register(
         self,
@@ -84,11 +86,11 @@ class BaseModelStore:
 
     def list(self, *, page_token: str = "", limit: int = 0) -> Page[BaseModel]:
         size = page_size(limit)
-        after = decode_token(page_token, 1)
+        after = self.tokens.decode(page_token, BASE_MODELS, ())
         query = select(base_models).order_by(base_models.c.name).limit(size + 1)
         if after is not None:
             query = query.where(base_models.c.name > after[0])
         with self.db.read() as conn:
             rows = conn.execute(query).all()
         items = [_entity(r) for r in rows[:size]]
-        return Page(items=items, next_token=encode_token(items[-1].name) if len(rows) > size else "")
+        return Page(items=items, next_token=self.tokens.encode(BASE_MODELS, (), (items[-1].name,)) if len(rows) > size else "")

@@ -8,6 +8,7 @@ all in one transaction: every record lands or none does.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 import itertools
@@ -238,12 +239,13 @@ class BulkImporter:
             ),
             {"now": now},
         )
-        touched = one(text("SELECT count(*) FROM import_heads")).scalar_one()
-        tenant_ids = [r[0] for r in one(text("SELECT DISTINCT tenant_id FROM import_heads")).all()]
+        # Each tenant's event counts only its own share: one import may span tenants, who must not see each other.
+        shares = one(text("SELECT tenant_id, min(tenant) AS tenant, count(*) AS policies, sum(n) AS revisions FROM import_heads GROUP BY tenant_id")).all()
+        created = collections.Counter(row.tenant for row in new_policies)
         one(text("DROP TABLE import_heads"))
         if not pg:
             one(text("DROP TABLE import_staging"))
-        details = {"revisions": staged, "policies": touched, "policies_created": len(new_policies)}
-        for tenant_id in tenant_ids:
-            record_event(conn, tenant_id=tenant_id, actor=actor, action="bulk_import", details=details)
+        for share in shares:
+            details = {"revisions": int(share.revisions), "policies": share.policies, "policies_created": created[share.tenant]}
+            record_event(conn, tenant_id=share.tenant_id, actor=actor, action="bulk_import", details=details)
         return ImportResult(revisions=staged, policies_created=len(new_policies))

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import datetime as dt
-import json
 from typing import Any, Generic, TypeVar
 
 from mint.adapters import AdapterConfig
 from mint.auth import Role
-from mint.errors import invalid
 
 T = TypeVar("T")
 
@@ -144,33 +141,6 @@ class AuditEvent:
 class Page(Generic[T]):
     items: list[T]
     next_token: str  # empty on the last page
-
-
-MAX_PAGE_SIZE = 1000
-DEFAULT_PAGE_SIZE = 100
-
-
-def page_size(requested: int) -> int:
-    if requested < 0:
-        raise invalid(f"page_size must be >= 0, got {requested}")
-    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-
-
-def encode_token(*key: Any) -> str:
-    """An opaque keyset token: the sort key of the last row on the page."""
-    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode()
-
-
-def decode_token(token: str, arity: int) -> list[Any] | None:
-    if not token:
-        return None
-    try:
-        key = json.loads(base64.urlsafe_b64decode(token.encode()))
-    except (ValueError, TypeError):
-        raise invalid("page_token is malformed; pass next_page_token from the previous page") from None
-    if not isinstance(key, list) or len(key) != arity:
-        raise invalid("page_token does not belong to this listing")
-    return key
 
 
 def utcnow() -> dt.datetime:

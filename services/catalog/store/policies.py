@@ -8,7 +8,8 @@ from mint.errors import Code, MintError, invalid, not_found
 from mint.names import check_name
 from services.catalog.store.audit import record_event
 from services.catalog.store.db import Database
-from services.catalog.store.entities import Page, Policy, decode_token, encode_token, page_size, utcnow
+from services.catalog.store.entities import Page, Policy, utcnow
+from services.catalog.store.pages import POLICIES, PageTokens, page_size
 from services.catalog.store.tables import base_models, policies, tenants
 
 _COLUMNS = (policies, tenants.c.name.label("tenant_name"), base_models.c.name.label("base_name"))
@@ -30,8 +31,9 @@ def _entity(row) -> Policy:
 
 
 class PolicyStore:
-    def __init__(self, db: Database):
+    def __init__(self, db: Database, tokens: PageTokens):
         self.db = db
+        self.tokens = tokens
 
     def create(self, tenant: str, name: str, *, base_model: str, description: str = "", actor: str) -> Policy:
         check_name("policy", name)
@@ -72,7 +74,8 @@ class PolicyStore:
 
     def list(self, tenant: str, *, name_prefix: str = "", page_token: str = "", limit: int = 0) -> Page[Policy]:
         size = page_size(limit)
-        after = decode_token(page_token, 1)
+        scope = (tenant, name_prefix)
+        after = self.tokens.decode(page_token, POLICIES, scope)
         query = select(*_COLUMNS).select_from(_FROM).where(tenants.c.name == tenant).order_by(policies.c.name).limit(size + 1)
         if name_prefix:
             query = query.where(policies.c.name.startswith(name_prefix, autoescape=True))
@@ -81,4 +84,4 @@ class PolicyStore:
         with self.db.read() as conn:
             rows = conn.execute(query).all()
         items = [_entity(r) for r in rows[:size]]
-        return Page(items=items, next_token=encode_token(items[-1].name) if len(rows) > size else "")
+        return Page(items=items, next_token=self.tokens.encode(POLICIES, scope, (items[-1].name,)) if len(rows) > size else "")

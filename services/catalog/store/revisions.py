@@ -15,7 +15,8 @@ from mint.names import LATEST, RevisionRef
 from services.catalog.store.aliases import lock_policy, move_alias
 from services.catalog.store.audit import record_event
 from services.catalog.store.db import Database
-from services.catalog.store.entities import Page, Revision, decode_token, encode_token, page_size, utcnow
+from services.catalog.store.entities import Page, Revision, utcnow
+from services.catalog.store.pages import POLICY_REVISIONS, TENANT_REVISIONS, PageTokens, page_size
 from services.catalog.store.tables import aliases, base_models, blobs, policies, revisions, tenants
 
 FORMAT = "peft-lora"
@@ -89,8 +90,9 @@ def insert_blob(conn: Connection, dialect: str, sha256: str, size_bytes: int) ->
 
 
 class RevisionStore:
-    def __init__(self, db: Database):
+    def __init__(self, db: Database, tokens: PageTokens):
         self.db = db
+        self.tokens = tokens
 
     def publish(self, new: NewRevision) -> Revision:
         """Allocate the policy's next number and record the revision, its blob, `latest` and the audit
@@ -195,7 +197,8 @@ class RevisionStore:
     ) -> Page[Revision]:
         """One policy's revisions by number, or (policy None) every revision of the tenant by id."""
         size = page_size(limit)
-        after = decode_token(page_token, 1)
+        listing, scope = (TENANT_REVISIONS if policy is None else POLICY_REVISIONS), (tenant, policy or "", newest_first)
+        after = self.tokens.decode(page_token, listing, scope)
         query = select(*_COLUMNS).select_from(_FROM).limit(size + 1)
         if policy is None:
             key, key_of = revisions.c.id, (lambda r: r.id)
@@ -217,7 +220,7 @@ class RevisionStore:
                 if exists is None:
                     raise not_found(f"policy {tenant}/{policy} not found")
         items = [_entity(r) for r in rows[:size]]
-        return Page(items=items, next_token=encode_token(key_of(items[-1])) if len(rows) > size else "")
+        return Page(items=items, next_token=self.tokens.encode(listing, scope, (key_of(items[-1]),)) if len(rows) > size else "")
 
     def retract(self, tenant: str, policy: str, number: int, *, reason: str, actor: str) -> Revision:
         """Mark a revision unservable. `latest` falls back to the newest active revision; other aliases

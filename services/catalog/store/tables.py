@@ -160,3 +160,11 @@ audit_events = Table(
     Index("ix_audit_events_tenant", "tenant_id", "id"),
     Index("ix_audit_events_policy", "policy_id", "id"),
 )
+
+# Secrets the catalog makes for itself, once per database (services.catalog.store.pages: the page-token key).
+catalog_secrets = Table(
+    "catalog_secrets",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", String(256), nullable=False),
+)
