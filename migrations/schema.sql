@@ -60,6 +60,10 @@ column base_models.created_at timestamp with time zone NOT NULL
 column blobs.sha256 character varying(64) NOT NULL
 column blobs.size_bytes bigint NOT NULL
 column blobs.created_at timestamp with time zone NOT NULL
+column blobs.rank integer
+column blobs.alpha double precision
+column blobs.use_rslora boolean
+column blobs.target_modules character varying(128)
 column catalog_secrets.name character varying(64) NOT NULL
 column catalog_secrets.value character varying(256) NOT NULL
 column policies.id bigint NOT NULL DEFAULT nextval('policies_id_seq'::regclass)

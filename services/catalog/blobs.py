@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import os
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
@@ -20,6 +21,11 @@ from mint.errors import Code, MintError, invalid, not_found
 from mint.names import check_sha256
 
 CHUNK_BYTES = 4 * 1024 * 1024
+# An upload's staging file is written at least every upload_idle_s (mint.limits; 30 s by default) or the upload
+# is ended, and validating the largest adapter takes well under a minute; a staging file untouched for an
+# hour belongs to no live upload, even from another catalog process sharing the directory.
+STALE_UPLOAD_S = 3600.0
+_UPLOAD_PREFIX = "upload-"
 
 
 @dataclasses.dataclass(slots=True)
@@ -47,7 +53,7 @@ def receive(chunks: Iterable[bytes], staging_dir: Path, *, max_bytes: int, expec
     digest = hashlib.sha256()
     size = 0
     staging_dir.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=staging_dir, prefix="upload-")
+    fd, name = tempfile.mkstemp(dir=staging_dir, prefix=_UPLOAD_PREFIX)
     path = Path(name)
     try:
         pending: list[bytes | memoryview] = []  # written together: an in-process publisher sends one chunk per tensor
@@ -110,6 +116,20 @@ class LocalBlobStore:
 
     def staging_dir(self) -> Path:
         return self._staging
+
+    def remove_stale_uploads(self, older_than_s: float = STALE_UPLOAD_S) -> int:
+        """Delete staging files left by uploads that ended without cleaning up (a catalog killed mid-upload);
+        returns how many. The catalog runs this when it starts."""
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for path in self._staging.glob(f"{_UPLOAD_PREFIX}*"):
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:  # finished (or removed by another catalog) meanwhile
+                continue
+        return removed
 
     def put(self, staged: StagedBlob) -> None:
         target = self.path(staged.sha256)

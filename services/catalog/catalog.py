@@ -28,7 +28,7 @@ from services.catalog.store.entities import (
     Revision,
     Tenant,
 )
-from services.catalog.store.revisions import insert_blob
+from services.catalog.store.revisions import check_revision_fields
 
 
 class StoreAuthenticator:
@@ -122,27 +122,30 @@ class Catalog:
         sha256: str = "",
         idempotency_key: str = "",
     ) -> Revision:
-        """Receive, hash and validate an adapter, store its blob, and record it as the next revision."""
+        """Receive, hash and validate an adapter, store its blob, and record it as the next revision.
+
+        Every field of the header is checked before a byte is received, and the bytes go into the blob store
+        only inside the transaction that records them, once nothing can refuse the publish: a refused
+        publish stores nothing."""
         principal = auth.current_principal()
         policy_ref = self._policy(policy_name)
         config = AdapterConfig.from_json(adapter_config_json)
         metrics = _check_metrics(metrics or {})
+        source, key = source or "upload", idempotency_key or None
+        check_revision_fields(source=source, idempotency_key=key)
         if sha256:
             check_sha256(sha256)
-        if size_bytes > self.limits.max_bytes:
-            raise invalid(f"adapter is {size_bytes} bytes; the limit is {self.limits.max_bytes}")
+        if not 0 <= size_bytes <= self.limits.max_bytes:
+            raise invalid(f"size_bytes must be 0 (not declared) or the adapter's size, at most {self.limits.max_bytes}; got {size_bytes}")
         policy = self.store.policies.get(policy_ref.tenant, policy_ref.name)
-        # Everything that can be checked before bytes are stored is: a rejected publish stores nothing.
         # (Revisions are never deleted, so a parent within the head now still exists at commit.)
         if parent_number and not 1 <= parent_number <= policy.head_number:
             raise invalid(f"parent revision {parent_number} does not exist in {policy.full_name} (revisions are 1..{policy.head_number})")
         staged = self._receive_validated(chunks, self.store.base_models.get(policy.base_model), config, sha256)
-        if size_bytes and staged.size != size_bytes:
-            staged.discard()
-            raise invalid(f"upload has {staged.size} bytes but the header declared {size_bytes}")
-        self.blobs.put(staged)
-        revision = self.store.revisions.publish(
-            NewRevision(
+        try:
+            if size_bytes and staged.size != size_bytes:
+                raise invalid(f"upload has {staged.size} bytes but the header declared {size_bytes}")
+            new = NewRevision(
                 tenant=policy.tenant,
                 policy=policy.name,
                 config=config,
@@ -150,11 +153,13 @@ class Catalog:
                 size_bytes=staged.size,
                 actor=principal.actor,
                 parent_number=parent_number or None,
-                source=source or "upload",
+                source=source,
                 metrics=metrics,
-                idempotency_key=idempotency_key or None,
+                idempotency_key=key,
             )
-        )
+            revision = self.store.revisions.publish(new, store_blob=lambda: self.blobs.put(staged))
+        finally:
+            staged.discard()  # nothing left once put moved it into the store
         self._changed(revision.full_policy)
         return revision
 
@@ -238,12 +243,16 @@ class Catalog:
     # --- bulk path (admin) ---------------------------------------------------------------------------
 
     def upload_blob(self, base_model: str, adapter_config_json: str, chunks: Iterable[bytes], sha256: str = "") -> tuple[str, int]:
+        """Store a blob for the bulk path, validated against `base_model` and indexed with its config."""
         auth.require_admin()
         config = AdapterConfig.from_json(adapter_config_json)
+        if sha256:
+            check_sha256(sha256)
         staged = self._receive_validated(chunks, self.store.base_models.get(base_model), config, sha256)
-        self.blobs.put(staged)
-        with self.store.db.write() as conn:
-            insert_blob(conn, self.store.db.dialect, staged.sha256, staged.size)
+        try:
+            self.store.blob_index.record(staged.sha256, staged.size, config, store_bytes=lambda: self.blobs.put(staged))
+        finally:
+            staged.discard()
         return staged.sha256, staged.size
 
     def import_revisions(self, batches: Iterable[Iterable[ImportRecord]]) -> ImportResult:

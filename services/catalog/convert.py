@@ -14,10 +14,14 @@ import json
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from mint.auth import Role
+from mint.errors import invalid
 from mint.proto import catalog_pb2 as pb
 from mint.proto import common_pb2
+from services.catalog.store import ImportRecord
 from services.catalog.store.entities import Alias, AliasMove, AuditEvent, BaseModel, Policy, Revision, Tenant
 
+_MIN_SECONDS = -62_135_596_800  # 0001-01-01T00:00:00Z
+_MAX_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z
 ROLE_TO_PB = {Role.MEMBER: pb.ROLE_MEMBER, Role.SERVICE: pb.ROLE_SERVICE, Role.ADMIN: pb.ROLE_ADMIN}
 ROLE_FROM_PB = {v: k for k, v in ROLE_TO_PB.items()}
 STATUS_TO_PB = {"active": pb.REVISION_STATUS_ACTIVE, "retracted": pb.REVISION_STATUS_RETRACTED}
@@ -35,6 +39,28 @@ def timestamp(value: dt.datetime | None) -> Timestamp | None:
 
 def tenant_pb(t: Tenant) -> pb.Tenant:
     return pb.Tenant(name=t.name, created_at=timestamp(t.created_at))
+
+
+def datetime_of(ts: Timestamp, field: str) -> dt.datetime:
+    """A Timestamp as an aware UTC datetime; INVALID_ARGUMENT outside Timestamp's range (years 1-9999)."""
+    if not (_MIN_SECONDS <= ts.seconds <= _MAX_SECONDS and 0 <= ts.nanos < 1_000_000_000):
+        raise invalid(f"{field} is {ts.seconds}s {ts.nanos}ns, outside a Timestamp's range (0001-01-01 to 9999-12-31)")
+    return ts.ToDatetime(tzinfo=dt.UTC)
+
+
+def import_record(r: pb.RevisionRecord) -> ImportRecord:
+    return ImportRecord(
+        policy=r.policy,
+        number=r.number,
+        sha256=r.sha256,
+        rank=r.rank,
+        alpha=r.alpha,
+        target_modules=tuple(r.target_modules),
+        base_model=r.base_model,
+        parent_number=r.parent_number or None,
+        source=r.source or "import",
+        created_at=datetime_of(r.created_at, "created_at") if r.HasField("created_at") else None,
+    )
 
 
 def base_model_pb(m: BaseModel) -> pb.BaseModel:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import grpc
 
 from mint.auth import Role
@@ -14,12 +16,18 @@ from services.catalog.config import CatalogConfig
 from services.catalog.servicer import CatalogServicer
 from services.catalog.store import CatalogStore
 
+log = logging.getLogger(__name__)
+
 
 def open_catalog(config: CatalogConfig) -> Catalog:
     store = CatalogStore.open(config.database_url, migrate=config.migrate)
     if config.admin_key:
         store.tenants.ensure_key(config.admin_key, tenant=config.admin_tenant, role=Role.ADMIN, name="bootstrap-admin")
-    catalog = Catalog(store, LocalBlobStore(config.blob_dir), config.limits)
+    blobs = LocalBlobStore(config.blob_dir)
+    removed = blobs.remove_stale_uploads()
+    if removed:
+        log.info("removed %d staging files of uploads that never finished", removed)
+    catalog = Catalog(store, blobs, config.limits)
     if config.redis_url:
         catalog.policy_listeners.append(RedisPolicyBus(config.redis_url).publish)
     return catalog

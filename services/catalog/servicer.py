@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from collections.abc import Iterator
 
@@ -153,23 +152,10 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         return pb.BlobInfo(sha256=sha, size_bytes=size)
 
     def ImportRevisions(self, request_iterator, context):
-        def batches() -> Iterator[list[ImportRecord]]:
+        def batches() -> Iterator[Iterator[ImportRecord]]:
+            # Records are converted as the importer reads them, so a fault in one is reported with its index.
             for request in request_iterator:
-                yield [
-                    ImportRecord(
-                        policy=r.policy,
-                        number=r.number,
-                        sha256=r.sha256,
-                        rank=r.rank,
-                        alpha=r.alpha,
-                        target_modules=tuple(r.target_modules),
-                        base_model=r.base_model,
-                        parent_number=r.parent_number or None,
-                        source=r.source or "import",
-                        created_at=r.created_at.ToDatetime(tzinfo=dt.UTC) if r.HasField("created_at") else None,
-                    )
-                    for r in request.records
-                ]
+                yield map(convert.import_record, request.records)
 
         result = self.catalog.import_revisions(batches())
         return pb.ImportRevisionsResponse(revisions=result.revisions, policies_created=result.policies_created)

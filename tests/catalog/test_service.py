@@ -6,18 +6,21 @@ import base64
 import contextlib
 import hashlib
 import json
+import os
 import pickle
 import struct
 import threading
+import time
 import uuid
 from pathlib import Path
 
 import grpc
 import pytest
 import torch
-from google.protobuf import json_format
+from google.protobuf import json_format, timestamp_pb2
 
 from mint import auth
+from mint.adapters import LORA_MODULES
 from mint.proto import catalog_pb2 as pb
 from mint.proto import catalog_pb2_grpc, common_pb2
 from mint.server import channel
@@ -302,6 +305,11 @@ def test_bad_adapters_are_rejected_and_nothing_is_stored(service, case):
         ("bot", {"size_bytes": 12}, grpc.StatusCode.INVALID_ARGUMENT),
         ("bot", {"parent_number": 3}, grpc.StatusCode.INVALID_ARGUMENT),
         ("bot", {"metrics": {"loss": float("nan")}}, grpc.StatusCode.INVALID_ARGUMENT),
+        ("bot", {"source": "s" * 257}, grpc.StatusCode.INVALID_ARGUMENT),
+        ("bot", {"idempotency_key": "k" * 129}, grpc.StatusCode.INVALID_ARGUMENT),
+        ("bot", {"size_bytes": -5}, grpc.StatusCode.INVALID_ARGUMENT),
+        ("bot", {"size_bytes": 2**62}, grpc.StatusCode.INVALID_ARGUMENT),
+        ("bot@7", {}, grpc.StatusCode.INVALID_ARGUMENT),
     ],
 )
 def test_bad_publish_requests(service, policy, header, code):
@@ -350,13 +358,99 @@ def test_bulk_path_over_grpc(service):
     blob = admin.UploadBlob(chunks())
     assert blob.sha256 == hashlib.sha256(data).hexdigest()
     records = [pb.RevisionRecord(policy=f"acme/imported-{p}", base_model="tiny", number=n, sha256=blob.sha256, rank=4, alpha=8,
-                                 target_modules=["q_proj"]) for p in range(3) for n in (1, 2)]
+                                 target_modules=list(LORA_MODULES)) for p in range(3) for n in (1, 2)]
     result = admin.ImportRevisions(iter([pb.ImportRevisionsRequest(records=records[:3]), pb.ImportRevisionsRequest(records=records[3:])]))
     assert (result.revisions, result.policies_created) == (6, 3)
     assert acme.Resolve(pb.ResolveRequest(ref="imported-2")).revision.number == 2
     assert status_of(lambda: acme.ImportRevisions(iter([pb.ImportRevisionsRequest(records=records)]))) == grpc.StatusCode.PERMISSION_DENIED
     bad = [pb.BlobChunk(data=b"\0" * 16, base_model="tiny", adapter_config_json=config_json)]
     assert status_of(lambda: admin.UploadBlob(iter(bad))) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _stored_files(service) -> list[Path]:
+    return sorted(p for p in service["blob_dir"].rglob("*") if p.is_file())
+
+
+def _upload(admin: Client, config_json: str, data: bytes) -> pb.BlobInfo:
+    return admin.UploadBlob(iter([pb.BlobChunk(data=data[:500], base_model="tiny", adapter_config_json=config_json), pb.BlobChunk(data=data[500:])]))
+
+
+def test_a_replayed_publish_stores_no_bytes(service):
+    acme = service["acme"]
+    first = acme.publish("bot", *_good(), idempotency_key="step-1")
+    stored = _stored_files(service)
+    again = acme.publish("bot", *adapter_files(make_adapter(rank=4, modules=("q_proj",), seed=9)), idempotency_key="step-1")
+    assert (again.number, again.sha256) == (first.number, first.sha256)
+    assert _stored_files(service) == stored
+
+
+def test_refused_uploads_store_nothing(service):
+    admin = service["admin"]
+    config_json, data = _good()
+    _upload(admin, config_json, data)
+    stored = _stored_files(service)
+    other_alpha = json.dumps({**json.loads(config_json), "lora_alpha": 16})
+    assert status_of(lambda: _upload(admin, other_alpha, data)) == grpc.StatusCode.ALREADY_EXISTS
+    assert status_of(lambda: _upload(admin, _config(r=8), data)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert status_of(lambda: admin.UploadBlob(iter([pb.BlobChunk(data=data, base_model="ghost", adapter_config_json=config_json)]))) == (
+        grpc.StatusCode.NOT_FOUND
+    )
+    assert _stored_files(service) == stored
+
+
+def test_a_restarted_catalog_removes_staging_files_no_upload_will_finish(service, pg_url):
+    staging = service["blob_dir"] / "staging"
+    stale, live = staging / "upload-killed-mid-upload", staging / "upload-in-flight"
+    for path in (stale, live):
+        path.write_bytes(b"partial adapter")
+    hours_ago = time.time() - 2 * 3600
+    os.utime(stale, (hours_ago, hours_ago))
+    with serving_again(pg_url, service["blob_dir"]):
+        assert not stale.exists()
+        assert live.exists()  # another catalog process on this directory may still be writing it
+
+
+_TS = timestamp_pb2.Timestamp
+BAD_CREATED_AT = {
+    "seconds past Timestamp's range": _TS(seconds=2**62),
+    "seconds before Timestamp's range": _TS(seconds=-(2**62)),
+    "negative nanos": _TS(seconds=0, nanos=-1),
+    "nanos past a second": _TS(seconds=0, nanos=2_000_000_000),
+    "year 9999": _TS(seconds=253_402_300_799),
+    "next week": _TS(seconds=int(time.time()) + 7 * 86400),
+    "before 1970": _TS(seconds=-1),
+}
+
+
+def _records(blob: str, **changes) -> list[pb.RevisionRecord]:
+    base = dict(policy="acme/imported", base_model="tiny", sha256=blob, rank=4, alpha=8, target_modules=["q_proj"])
+    return [pb.RevisionRecord(number=1, **base), pb.RevisionRecord(number=2, **{**base, **changes})]
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CREATED_AT))
+def test_imported_timestamps_out_of_range_are_invalid_and_name_the_record(service, case):
+    admin = service["admin"]
+    blob = _upload(admin, *_good()).sha256
+    records = _records(blob)
+    records[1].created_at.CopyFrom(BAD_CREATED_AT[case])
+    with pytest.raises(grpc.RpcError) as info:
+        admin.ImportRevisions(iter([pb.ImportRevisionsRequest(records=records[:1]), pb.ImportRevisionsRequest(records=records[1:])]))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    assert info.value.details().startswith("record 1") and "created_at" in info.value.details(), info.value.details()
+
+
+@pytest.mark.parametrize(
+    "changes, named",
+    [({"rank": 8}, "rank 8"), ({"alpha": 16}, "alpha 16"), ({"target_modules": ["q_proj", "k_proj"]}, "k_proj"), ({"alpha": 1e300}, "1e+300")],
+)
+def test_imported_records_must_match_their_blobs(service, changes, named):
+    admin, acme = service["admin"], service["acme"]
+    blob = _upload(admin, *_good()).sha256
+    with pytest.raises(grpc.RpcError) as info:
+        admin.ImportRevisions(iter([pb.ImportRevisionsRequest(records=_records(blob, **changes))]))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    assert info.value.details().startswith("record 1 (acme/imported@2)") and named in info.value.details(), info.value.details()
+    assert status_of(lambda: acme.GetPolicy(pb.GetPolicyRequest(name="imported"))) == grpc.StatusCode.NOT_FOUND
 
 
 def test_health_and_reflection_need_no_key(service):

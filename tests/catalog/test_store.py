@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 
 import pytest
@@ -12,7 +13,7 @@ from mint.auth import Role
 from mint.errors import Code, MintError
 from mint.names import RevisionRef
 from services.catalog.store import CatalogStore, ImportRecord, NewRevision
-from services.catalog.store.revisions import insert_blob
+from services.catalog.store.blob_index import insert_blob
 from tests.factories import TINY_LAYERS, TINY_SHAPES
 
 ACTOR = "key:test00000000"
@@ -229,28 +230,32 @@ def test_audit_views_answer_plain_sql(store):
         assert actions == ["create_policy", "publish", "publish", "set_alias"]
 
 
-def _blobs(store, n: int) -> list[str]:
-    shas = [sha(1000 + i) for i in range(n)]
+IMPORTED = AdapterConfig(r=4, lora_alpha=8, target_modules=("q_proj",))
+
+
+def _blobs(store, n: int, config: AdapterConfig = IMPORTED, first: int = 1000) -> list[str]:
+    shas = [sha(first + i) for i in range(n)]
     with store.db.write() as conn:
         for s in shas:
-            insert_blob(conn, store.db.dialect, s, 4096)
+            insert_blob(conn, store.db.dialect, s, 4096, config)
     return shas
 
 
 def test_bulk_import_creates_policies_and_continues_heads(store):
     shas = _blobs(store, 3)
+    (wider,) = _blobs(store, 1, AdapterConfig(r=8, lora_alpha=16, target_modules=("q_proj", "k_proj"), use_rslora=True), first=2000)
     store.policies.create("acme", "existing", base_model="tiny", actor=ACTOR)
     publish(store, policy="existing", i=0)
     records = [
         ImportRecord(policy=f"acme/p{p}", number=n, sha256=shas[n % 3], rank=4, alpha=8, target_modules=("q_proj",), base_model="tiny")
         for p in range(5) for n in range(1, 4)
-    ] + [ImportRecord(policy="acme/existing", number=n, sha256=shas[0], rank=8, alpha=16, target_modules=("q_proj", "k_proj")) for n in (2, 3)]
+    ] + [ImportRecord(policy="acme/existing", number=n, sha256=wider, rank=8, alpha=16, target_modules=("q_proj", "k_proj")) for n in (2, 3)]
     result = store.bulk.import_records([records[:7], records[7:]], actor=ACTOR)
     assert (result.revisions, result.policies_created) == (17, 5)
     assert store.revisions.resolve(ref("acme/p3")).number == 3
     got = store.revisions.resolve(ref("acme/existing"))
     assert (got.number, got.rank, got.size_bytes, got.adapter_config.r) == (3, 8, 4096, 8)
-    assert got.target_modules == ("q_proj", "k_proj")
+    assert got.target_modules == ("q_proj", "k_proj") and got.use_rslora  # rsLoRA as the blob was validated with
     assert store.policies.get("acme", "p4").head_number == 3
     assert store.audit.list_events("acme", action="bulk_import").items[0].details["revisions"] == 17
 
@@ -274,9 +279,11 @@ def test_bulk_import_is_all_or_nothing(store, records, code):
 
 
 def test_bulk_import_rejects_unknown_blobs(store):
-    record = ImportRecord(policy="acme/x", number=1, sha256=sha(5), rank=4, alpha=8, target_modules=("q_proj",), base_model="tiny")
-    with pytest.raises(MintError, match="was not uploaded"):
-        store.bulk.import_records([[record]], actor=ACTOR)
+    (blob,) = _blobs(store, 1)
+    fine = ImportRecord(policy="acme/x", number=1, sha256=blob, rank=4, alpha=8, target_modules=("q_proj",), base_model="tiny")
+    record = fine._replace(number=2, sha256=sha(5))
+    with pytest.raises(MintError, match=r"record 1 \(acme/x@2\): blob .* was not uploaded"):
+        store.bulk.import_records([[fine, record]], actor=ACTOR)
 
 
 def test_publishing_an_idempotency_key_twice_returns_the_first_revision(store):
@@ -332,7 +339,8 @@ NUL_WRITES = {
     "key name": lambda s: s.tenants.create_key("acme", "ci\0", Role.MEMBER, actor=ACTOR),
     "actor": lambda s: s.policies.create("acme", "other", base_model="tiny", actor="key:\0"),
     "bulk source (COPY)": lambda s: s.bulk.import_records(
-        [[ImportRecord(policy="acme/bot", number=2, sha256=sha(0), rank=4, alpha=8, target_modules=("q_proj",), source="s\0")]], actor=ACTOR
+        [[ImportRecord(policy="acme/bot", number=2, sha256=sha(0), rank=4, alpha=8, target_modules=("q_proj", "v_proj"), source="s\0")]],
+        actor=ACTOR,
     ),
     "lookup by a NUL key id": lambda s: s.tenants.lookup_key("00000000000\0"),
 }
@@ -343,3 +351,65 @@ def test_values_postgres_refuses_are_invalid_argument_not_internal(pg_store, cas
     """The servers refuse NUL characters in requests; a path that bypasses them still gets INVALID_ARGUMENT."""
     assert error_code(NUL_WRITES[case], pg_store) is Code.INVALID_ARGUMENT
     assert pg_store.revisions.resolve(ref("acme/bot")).number == 1 and pg_store.policies.get("acme", "bot").head_number == 1
+
+
+_NOW = dt.datetime.now(dt.UTC)
+BAD_RECORDS = {
+    "rank unlike the blob's": ({"rank": 8, "alpha": 16}, Code.INVALID_ARGUMENT, "rank 8"),
+    "alpha unlike the blob's": ({"alpha": 16}, Code.INVALID_ARGUMENT, "alpha 16"),
+    "target_modules unlike the blob's": ({"target_modules": ("q_proj", "v_proj")}, Code.INVALID_ARGUMENT, "v_proj"),
+    "absurd alpha": ({"alpha": 1e300}, Code.INVALID_ARGUMENT, "1e+300"),
+    "nan alpha": ({"alpha": float("nan")}, Code.INVALID_ARGUMENT, "nan"),
+    "rank 0": ({"rank": 0}, Code.INVALID_ARGUMENT, "rank"),
+    "unknown module": ({"target_modules": ("lm_head",)}, Code.INVALID_ARGUMENT, "lm_head"),
+    "number past int32": ({"number": 2**31}, Code.INVALID_ARGUMENT, "number"),
+    "malformed sha256": ({"sha256": "ab"}, Code.INVALID_ARGUMENT, "sha256"),
+    "blob not uploaded": ({"sha256": "f" * 64}, Code.NOT_FOUND, "was not uploaded"),
+    "over-long source": ({"source": "s" * 257}, Code.INVALID_ARGUMENT, "source"),
+    "created_at without a zone": ({"created_at": dt.datetime(2024, 1, 1)}, Code.INVALID_ARGUMENT, "created_at"),
+    "created_at before 1970": ({"created_at": dt.datetime(1969, 12, 31, tzinfo=dt.UTC)}, Code.INVALID_ARGUMENT, "created_at"),
+    "created_at in the year 1": ({"created_at": dt.datetime.min.replace(tzinfo=dt.UTC)}, Code.INVALID_ARGUMENT, "created_at"),
+    "created_at in the year 9999": ({"created_at": dt.datetime.max.replace(tzinfo=dt.UTC)}, Code.INVALID_ARGUMENT, "created_at"),
+    "created_at tomorrow": ({"created_at": _NOW + dt.timedelta(days=1)}, Code.INVALID_ARGUMENT, "created_at"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_RECORDS))
+def test_bulk_records_are_checked_against_themselves_and_their_blobs_and_named_by_index(store, case):
+    changes, code, named = BAD_RECORDS[case]
+    (blob,) = _blobs(store, 1)
+    good = ImportRecord(policy="acme/fine", number=1, sha256=blob, rank=4, alpha=8, target_modules=("q_proj",), base_model="tiny")
+    records = [good, good._replace(number=2, created_at=_NOW - dt.timedelta(days=30)), good._replace(**{"number": 3, **changes})]
+    with pytest.raises(MintError) as info:
+        store.bulk.import_records([records[:1], records[1:]], actor=ACTOR)
+    assert info.value.code is code, info.value
+    assert info.value.message.startswith("record 2") and named in info.value.message, info.value.message
+    assert error_code(store.policies.get, "acme", "fine") is Code.NOT_FOUND
+    store.bulk.import_records([records[:2]], actor=ACTOR)  # the good ones alone land, created_at kept
+    assert store.revisions.find(ref("acme/fine@2")).created_at.replace(tzinfo=dt.UTC) == records[1].created_at
+
+
+def test_a_blob_indexed_without_its_config_must_be_uploaded_again(store):
+    (blob,) = _blobs(store, 1)
+    with store.db.write() as conn:
+        conn.execute(text("UPDATE blobs SET rank = NULL, alpha = NULL, use_rslora = NULL, target_modules = NULL"))
+    record = ImportRecord(policy="acme/x", number=1, sha256=blob, rank=4, alpha=8, target_modules=("q_proj",), base_model="tiny")
+    with pytest.raises(MintError, match="upload it again") as info:
+        store.bulk.import_records([[record]], actor=ACTOR)
+    assert info.value.code is Code.FAILED_PRECONDITION
+    store.blob_index.record(blob, 4096, IMPORTED, store_bytes=lambda: None)
+    assert store.bulk.import_records([[record]], actor=ACTOR).revisions == 1
+
+
+def test_page_tokens_are_checked_against_their_listings_key_schema(store):
+    """A token sealed with this catalog's key but holding another schema's key (as a token from another
+    version of a listing would) is refused like any other."""
+    from services.catalog.store.pages import TENANT_REVISIONS, Field, Listing
+
+    tokens = store.revisions.tokens
+    scope = ("acme", "", False)
+    for fields, key in [((Field.NAME,), ("x",)), ((Field.ROW_ID, Field.ROW_ID), (1, 2))]:
+        forged = tokens.encode(Listing(TENANT_REVISIONS.name, fields), scope, key)
+        with pytest.raises(MintError, match="not one this server issued"):
+            store.revisions.list("acme", None, page_token=forged)
+    assert tokens.decode(tokens.encode(TENANT_REVISIONS, scope, (2**63 - 1,)), TENANT_REVISIONS, scope) == (2**63 - 1,)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from services.catalog.store.aliases import AliasStore
 from services.catalog.store.audit import AuditStore
 from services.catalog.store.base_models import BaseModelStore
+from services.catalog.store.blob_index import BlobIndex
 from services.catalog.store.bulk import BulkImporter, ImportRecord, ImportResult
 from services.catalog.store.db import Database
 from services.catalog.store.pages import PageTokens
@@ -18,6 +19,7 @@ class CatalogStore:
         self.db = db
         tokens = PageTokens.load(db)
         self.tenants = TenantStore(db)
+        self.blob_index = BlobIndex(db)
         self.base_models = BaseModelStore(db, tokens)
         self.policies = PolicyStore(db, tokens)
         self.revisions = RevisionStore(db, tokens)

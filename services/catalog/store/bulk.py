@@ -12,27 +12,29 @@ import collections
 import dataclasses
 import datetime as dt
 import itertools
-import math
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from mint.adapters import LORA_MODULES
-from mint.errors import invalid, not_found
-from mint.names import PolicyName
+from mint.adapters import AdapterConfig
+from mint.errors import MintError, invalid, not_found, precondition
+from mint.names import MAX_REVISION_NUMBER, PolicyName, check_sha256
 from services.catalog.store.audit import record_event
 from services.catalog.store.db import Database
 from services.catalog.store.entities import utcnow
-from services.catalog.store.revisions import FORMAT
+from services.catalog.store.revisions import FORMAT, check_revision_fields
 
-MAX_RANK = 256
 _STAGING_COLUMNS = (
-    "tenant", "policy", "base_model", "number", "parent_number", "sha256", "rank", "alpha", "target_modules", "source", "created_at",
+    "ordinal", "tenant", "policy", "base_model", "number", "parent_number", "sha256", "rank", "alpha", "target_modules", "source",
+    "created_at",
 )
 _NULL = "\\N"
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_LABEL = "s.ordinal || ' (' || s.tenant || '/' || s.policy || '@' || s.number || ')' AS label"  # as _record_label
+EARLIEST = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+CLOCK_SKEW = dt.timedelta(hours=1)  # how far past the catalog's clock an imported created_at may be
 
 
 class ImportRecord(NamedTuple):
@@ -47,7 +49,7 @@ class ImportRecord(NamedTuple):
     base_model: str = ""  # needed only when the policy does not exist yet
     parent_number: int | None = None
     source: str = "import"
-    created_at: dt.datetime | None = None
+    created_at: dt.datetime | None = None  # timezone-aware; when the revision was first made elsewhere
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -57,43 +59,73 @@ class ImportResult:
 
 
 class _RowEncoder:
-    """Turns records into staging rows, validating each; per-policy and per-config work is cached."""
+    """Turns records into staging rows, validating each on its own; per-policy and per-config work is cached.
+    What needs the database (tenants, blobs and their configs, numbering) is checked set-wise after staging."""
 
     def __init__(self) -> None:
         self._policies: dict[str, tuple[str, str]] = {}
-        self._modules: dict[tuple[str, ...], str] = {}
-        self._checked: set[tuple[int, float]] = set()
+        self._configs: dict[tuple[int, float, tuple[str, ...]], str] = {}
+        self._latest = utcnow() + CLOCK_SKEW
 
-    def row(self, r: ImportRecord) -> tuple[Any, ...]:
+    def row(self, ordinal: int, r: ImportRecord) -> tuple[Any, ...]:
         names = self._policies.get(r.policy)
         if names is None:
             parsed = PolicyName.parse(r.policy)
             if parsed.tenant is None:
                 raise invalid(f"bulk records must name tenant/policy, got {r.policy!r}")
             names = self._policies[r.policy] = (parsed.tenant, parsed.name)
-        modules = self._modules.get(r.target_modules)
-        if modules is None:
-            if not set(r.target_modules) <= set(LORA_MODULES) or not r.target_modules:
-                raise invalid(f"record {r.policy}@{r.number}: target_modules {list(r.target_modules)} must be among {list(LORA_MODULES)}")
-            modules = self._modules[r.target_modules] = ",".join(m for m in LORA_MODULES if m in r.target_modules)
-        if (r.rank, r.alpha) not in self._checked:
-            if not 1 <= r.rank <= MAX_RANK:
-                raise invalid(f"record {r.policy}@{r.number}: rank {r.rank} must be in 1..{MAX_RANK}")
-            if not (math.isfinite(r.alpha) and r.alpha > 0):
-                raise invalid(f"record {r.policy}@{r.number}: alpha {r.alpha} must be a positive number")
-            self._checked.add((r.rank, r.alpha))
-        if r.number < 1 or (r.parent_number is not None and not 1 <= r.parent_number < r.number):
-            raise invalid(f"record {r.policy}@{r.number}: numbers start at 1 and a parent must be an earlier revision")
-        return (names[0], names[1], r.base_model, r.number, r.parent_number, r.sha256, r.rank, r.alpha, modules, r.source[:256], r.created_at)
+        config_key = (r.rank, r.alpha, r.target_modules)
+        modules = self._configs.get(config_key)
+        if modules is None:  # the same checks as any adapter config: rank, alpha and scale ranges, module names
+            config = AdapterConfig(r=r.rank, lora_alpha=r.alpha, target_modules=r.target_modules)
+            modules = self._configs[config_key] = ",".join(config.target_modules)
+        if not 1 <= r.number <= MAX_REVISION_NUMBER or (r.parent_number is not None and not 1 <= r.parent_number < r.number):
+            raise invalid(f"number {r.number} must be in 1..{MAX_REVISION_NUMBER} and a parent an earlier revision (got {r.parent_number})")
+        check_sha256(r.sha256)
+        check_revision_fields(source=r.source)
+        if r.created_at is not None and not (
+            r.created_at.tzinfo is not None and EARLIEST <= r.created_at <= self._latest
+        ):
+            raise invalid(
+                f"created_at {r.created_at.isoformat()} must be a UTC time from {EARLIEST.date()} to no later than "
+                f"{CLOCK_SKEW} past the catalog's clock"
+            )
+        return (ordinal, names[0], names[1], r.base_model, r.number, r.parent_number, r.sha256, r.rank, r.alpha, modules, r.source, r.created_at)
+
+
+def _rows(batches: Iterable[Iterable[ImportRecord]]) -> Iterator[tuple[Any, ...]]:
+    """Staging rows; a fault in a record, found while it is read or checked, names its place in the stream."""
+    encoder = _RowEncoder()
+    ordinal = 0
+    for batch in batches:  # a fault in the stream itself (not in a record) passes through as it is
+        records = iter(batch)
+        while True:
+            record = None
+            try:
+                record = next(records, None)
+                if record is None:
+                    break
+                row = encoder.row(ordinal, record)
+            except MintError as err:
+                raise MintError(err.code, f"{_record_label(ordinal, record)}: {err.message}") from None
+            yield row
+            ordinal += 1
+
+
+def _record_label(ordinal: int, record: ImportRecord | None) -> str:
+    """How errors name a record: its index in the stream (from 0), and what it says it is when it says."""
+    if record is None:
+        return f"record {ordinal}"
+    return f"record {ordinal} ({str(record.policy)[:80]}@{record.number})"
 
 
 def _copy_line(row: tuple[Any, ...]) -> str:
     """One line of COPY text format; free-text fields are escaped, names were validated."""
-    tenant, policy, base, number, parent, sha, rank, alpha, modules, source, created = row
+    ordinal, tenant, policy, base, number, parent, sha, rank, alpha, modules, source, created = row
     parent = _NULL if parent is None else parent
     created = _NULL if created is None else created.isoformat()
-    base, sha, source = base.translate(_COPY_ESCAPES), sha.translate(_COPY_ESCAPES), source.translate(_COPY_ESCAPES)
-    return f"{tenant}\t{policy}\t{base}\t{number}\t{parent}\t{sha}\t{rank}\t{alpha!r}\t{modules}\t{source}\t{created}\n"
+    base, source = base.translate(_COPY_ESCAPES), source.translate(_COPY_ESCAPES)
+    return f"{ordinal}\t{tenant}\t{policy}\t{base}\t{number}\t{parent}\t{sha}\t{rank}\t{alpha!r}\t{modules}\t{source}\t{created}\n"
 
 
 def _batched(rows: Iterable[tuple[Any, ...]], size: int) -> Iterator[list[tuple[Any, ...]]]:
@@ -107,10 +139,8 @@ class BulkImporter:
         self.db = db
 
     def import_records(self, batches: Iterable[Iterable[ImportRecord]], *, actor: str) -> ImportResult:
-        encoder = _RowEncoder()
-        rows = (encoder.row(r) for batch in batches for r in batch)
         with self.db.write() as conn:
-            staged = self._stage(conn, rows)
+            staged = self._stage(conn, _rows(batches))
             if staged == 0:
                 raise invalid("the import stream held no records")
             return self._apply(conn, staged, actor)
@@ -118,7 +148,7 @@ class BulkImporter:
     def _stage(self, conn: Connection, rows: Iterable[tuple[Any, ...]]) -> int:
         pg = self.db.is_postgres
         conn.exec_driver_sql(
-            "CREATE TEMP TABLE import_staging (tenant text, policy text, base_model text, number integer, "
+            "CREATE TEMP TABLE import_staging (ordinal bigint, tenant text, policy text, base_model text, number integer, "
             "parent_number integer, sha256 text, rank integer, alpha double precision, target_modules text, "
             f"source text, created_at {'timestamptz' if pg else 'timestamp'})" + (" ON COMMIT DROP" if pg else "")
         )
@@ -142,12 +172,34 @@ class BulkImporter:
         jsonb = "::jsonb" if pg else ""
         now = utcnow()
         one = conn.execute
-        missing = one(text("SELECT DISTINCT s.tenant FROM import_staging s LEFT JOIN tenants t ON t.name = s.tenant WHERE t.id IS NULL LIMIT 1")).scalar()
-        if missing:
-            raise not_found(f"bulk import names tenant {missing!r}, which does not exist")
-        missing = one(text("SELECT s.sha256 FROM import_staging s LEFT JOIN blobs b ON b.sha256 = s.sha256 WHERE b.sha256 IS NULL LIMIT 1")).scalar()
-        if missing:
-            raise not_found(f"bulk import references blob {missing}, which was not uploaded")
+        bad = one(
+            text(
+                f"SELECT {_LABEL}, s.tenant FROM import_staging s LEFT JOIN tenants t ON t.name = s.tenant "
+                "WHERE t.id IS NULL ORDER BY s.ordinal LIMIT 1"
+            )
+        ).first()
+        if bad is not None:
+            raise not_found(f"record {bad.label}: tenant {bad.tenant!r} does not exist")
+        # Each record must describe its blob as the blob's own config (validated against its bytes on upload) does.
+        bad = one(
+            text(
+                f"SELECT {_LABEL}, s.sha256, s.rank, s.alpha, s.target_modules, b.sha256 AS found, b.rank AS blob_rank, "
+                "b.alpha AS blob_alpha, b.target_modules AS blob_modules "
+                "FROM import_staging s LEFT JOIN blobs b ON b.sha256 = s.sha256 "
+                "WHERE b.sha256 IS NULL OR b.rank IS NULL OR s.rank <> b.rank OR s.alpha <> b.alpha OR s.target_modules <> b.target_modules "
+                "ORDER BY s.ordinal LIMIT 1"
+            )
+        ).first()
+        if bad is not None and bad.found is None:
+            raise not_found(f"record {bad.label}: blob {bad.sha256} was not uploaded")
+        if bad is not None and bad.blob_rank is None:
+            raise precondition(f"record {bad.label}: blob {bad.sha256} was stored before the catalog recorded configs; upload it again")
+        if bad is not None:
+            raise invalid(
+                f"record {bad.label} says rank {bad.rank}, alpha {bad.alpha:g}, target_modules {bad.target_modules.split(',')} "
+                f"but blob {bad.sha256} holds an adapter with rank {bad.blob_rank}, alpha {bad.blob_alpha:g}, "
+                f"target_modules {bad.blob_modules.split(',')}"
+            )
         # Policies that do not exist yet are created, which needs a registered base model.
         new_policies = one(
             text(
@@ -213,7 +265,7 @@ class BulkImporter:
                 "INSERT INTO revisions (tenant_id, policy_id, number, parent_number, sha256, size_bytes, rank, alpha, "
                 "use_rslora, target_modules, format, status, source, metrics, created_by, created_at) "
                 "SELECT h.tenant_id, h.policy_id, s.number, s.parent_number, s.sha256, b.size_bytes, s.rank, s.alpha, "
-                f"false, s.target_modules, :format, 'active', s.source, '{{}}'{jsonb}, :actor, COALESCE(s.created_at, :now) "
+                f"b.use_rslora, s.target_modules, :format, 'active', s.source, '{{}}'{jsonb}, :actor, COALESCE(s.created_at, :now) "
                 "FROM import_staging s JOIN tenants t ON t.name = s.tenant "
                 "JOIN import_heads h ON h.tenant_id = t.id AND h.policy = s.policy "
                 "JOIN blobs b ON b.sha256 = s.sha256"

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import and_, bindparam, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from mint.adapters import AdapterConfig
@@ -14,10 +14,11 @@ from mint.errors import invalid, not_found, precondition
 from mint.names import LATEST, RevisionRef
 from services.catalog.store.aliases import lock_policy, move_alias
 from services.catalog.store.audit import record_event
+from services.catalog.store.blob_index import insert_blob
 from services.catalog.store.db import Database
 from services.catalog.store.entities import Page, Revision, utcnow
 from services.catalog.store.pages import POLICY_REVISIONS, TENANT_REVISIONS, PageTokens, page_size
-from services.catalog.store.tables import aliases, base_models, blobs, policies, revisions, tenants
+from services.catalog.store.tables import aliases, base_models, policies, revisions, tenants
 
 FORMAT = "peft-lora"
 
@@ -82,11 +83,17 @@ class NewRevision:
     idempotency_key: str | None = None
 
 
-def insert_blob(conn: Connection, dialect: str, sha256: str, size_bytes: int) -> None:
-    stmt = (postgresql.insert(blobs) if dialect == "postgresql" else sqlite.insert(blobs)).values(
-        sha256=sha256, size_bytes=size_bytes, created_at=utcnow()
-    )
-    conn.execute(stmt.on_conflict_do_nothing(index_elements=["sha256"]))
+MAX_SOURCE_CHARS = 256
+MAX_IDEMPOTENCY_KEY_CHARS = 128
+
+
+def check_revision_fields(*, source: str, idempotency_key: str | None = None) -> None:
+    """The checks on a new revision's own text fields, for every path that makes revisions: a publish runs
+    them before it receives a byte, the bulk path on each record."""
+    if len(source) > MAX_SOURCE_CHARS:
+        raise invalid(f"source is {len(source)} characters; the limit is {MAX_SOURCE_CHARS}")
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_CHARS:
+        raise invalid(f"idempotency_key is {len(idempotency_key)} characters; it must have 1-{MAX_IDEMPOTENCY_KEY_CHARS}")
 
 
 class RevisionStore:
@@ -94,14 +101,16 @@ class RevisionStore:
         self.db = db
         self.tokens = tokens
 
-    def publish(self, new: NewRevision) -> Revision:
+    def publish(self, new: NewRevision, *, store_blob: Callable[[], None] | None = None) -> Revision:
         """Allocate the policy's next number and record the revision, its blob, `latest` and the audit
         event in one transaction. The policy row lock serializes concurrent publishers: no gaps, no
-        duplicates, and a rolled-back publish gives its number back."""
-        if len(new.source) > 256:
-            raise invalid("source is limited to 256 characters")
-        if new.idempotency_key is not None and not 1 <= len(new.idempotency_key) <= 128:
-            raise invalid("idempotency_key must have 1-128 characters")
+        duplicates, and a rolled-back publish gives its number back.
+
+        `store_blob` (which puts the bytes in the blob store) is called inside the transaction once every
+        check has passed and the publish is not a replay of an earlier one: a refused publish stores no
+        bytes, and the rows never commit before their bytes are in place. (Only the database failing after
+        that point leaves the bytes behind, unindexed, for a retry to reuse.)"""
+        check_revision_fields(source=new.source, idempotency_key=new.idempotency_key)
         with self.db.write() as conn:
             policy_id, tenant_id, head = lock_policy(conn, new.tenant, new.policy)
             if new.idempotency_key is not None:
@@ -119,8 +128,10 @@ class RevisionStore:
                 ).first()
                 if parent is None:
                     raise invalid(f"parent revision {new.parent_number} does not exist in {new.tenant}/{new.policy}")
+            if store_blob is not None:
+                store_blob()
             conn.execute(update(policies).where(policies.c.id == policy_id).values(head_number=number))
-            insert_blob(conn, self.db.dialect, new.sha256, new.size_bytes)
+            insert_blob(conn, self.db.dialect, new.sha256, new.size_bytes, new.config)
             conn.execute(
                 insert(revisions).values(
                     tenant_id=tenant_id,

@@ -79,12 +79,18 @@ policies = Table(
     UniqueConstraint("tenant_id", "name", name="uq_policies_tenant_name"),
 )
 
+# A blob's adapter config is the one its bytes were validated with; bulk import records must match it.
+# NULL only for blobs stored before the catalog recorded configs and not uploaded again since.
 blobs = Table(
     "blobs",
     metadata,
     Column("sha256", String(64), primary_key=True),
     Column("size_bytes", BigInteger, nullable=False),
     Column("created_at", Timestamp, nullable=False),
+    Column("rank", Integer, nullable=True),
+    Column("alpha", Float, nullable=True),
+    Column("use_rslora", Boolean, nullable=True),
+    Column("target_modules", String(128), nullable=True),
 )
 
 # Revisions carry no foreign keys: they are written only by the store's publish and bulk paths, which
