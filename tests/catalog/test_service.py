@@ -689,3 +689,25 @@ def test_a_members_view_does_not_change_when_other_tenants_are_busy(pg_url, tmp_
         drop_database(quiet_url)
     for quiet_item, busy_item in zip(quiet_view, busy_view, strict=True):
         assert quiet_item == busy_item
+
+
+REF_RPCS = {
+    "Resolve": lambda c, ref: c.Resolve(pb.ResolveRequest(ref=ref)),
+    "GetRevision": lambda c, ref: c.GetRevision(pb.GetRevisionRequest(ref=ref)),
+    "DownloadRevision": lambda c, ref: list(c.DownloadRevision(pb.DownloadRevisionRequest(ref=ref))),
+    "RetractRevision": lambda c, ref: c.RetractRevision(pb.RetractRevisionRequest(ref=ref, reason="x")),
+    "RecordMetrics": lambda c, ref: c.RecordMetrics(pb.RecordMetricsRequest(ref=ref, metrics={"m": 1.0})),
+}
+
+
+def test_every_rpc_taking_a_ref_refuses_refs_outside_the_ascii_grammar(service):
+    """`bot@²` used to answer INTERNAL; `bot@３` and `bot@١` meant revisions 3 and 1."""
+    acme = service["acme"]
+    for seed in range(3):
+        acme.publish("bot", *adapter_files(make_adapter(seed=seed)))
+    for selector in ["²", "３", "١", "3\n", " 3", "+3", "03", "1_0", "2147483648", "pr\u043ed"]:
+        for name, call in REF_RPCS.items():
+            with pytest.raises(grpc.RpcError) as info:
+                call(acme, f"bot@{selector}")
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, selector, info.value.details())
+    assert acme.Resolve(pb.ResolveRequest(ref="bot@3")).revision.number == 3
