@@ -8,11 +8,15 @@ import math
 from mint.errors import invalid
 from mint.proto import common_pb2, trainer_pb2
 
+# Temperatures below this sample greedily: softmax(logits / t) is already the argmax for any logits a model
+# gives, and dividing by a smaller t only risks overflow (vLLM draws the line at the same value).
+MIN_TEMPERATURE = 1e-5
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SamplingParams:
     max_tokens: int = 64
-    temperature: float = 1.0  # 0: greedy
+    temperature: float = 1.0  # 0 (or below MIN_TEMPERATURE): greedy
     top_k: int = 0  # 0: off
     top_p: float = 1.0  # 1: off
     seed: int | None = None  # sample i of a seeded request draws from seed + i
@@ -24,7 +28,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < MIN_TEMPERATURE
 
     def to_proto(self) -> common_pb2.SamplingParams:
         fields = dataclasses.asdict(self)
@@ -42,7 +46,7 @@ class SamplingParams:
         if p.max_tokens > max_model_len:
             raise invalid(f"max_tokens {p.max_tokens} exceeds the engine's max_model_len {max_model_len}")
         if not math.isfinite(p.temperature) or p.temperature < 0:
-            raise invalid(f"temperature must be >= 0, got {p.temperature}")
+            raise invalid(f"temperature must be a finite number >= 0 (0: greedy, as is anything below {MIN_TEMPERATURE:g}), got {p.temperature}")
         if p.top_k < 0:
             raise invalid(f"top_k must be >= 0 (0 = off), got {p.top_k}")
         if not math.isfinite(p.top_p) or not 0 <= p.top_p <= 1:

@@ -3,26 +3,36 @@
 Callers (gRPC handlers, the embedded gateway, the trainer's sampling client) submit requests from any
 thread and read their events; a single engine thread owns the model, the KV cache and the slots, and runs
 steps: plan (scheduler.py), one forward over every scheduled token with per-token adapters, sample, report.
+
+A request is checked before it joins a step (prompt, parameters, adapter config), and what one request or
+adapter can still cause inside a step (an adapter the slots refuse, logits its weights drive to NaN, a
+failure sampling one row) fails that request alone. A failure no request can be blamed for fails the
+step's requests, and the loop goes on. Should the loop thread end anyway, the engine stops serving
+(`serving`, `on_failure`): every waiting request and every later one fails UNAVAILABLE, gRPC health says
+NOT_SERVING (main.py) and the fleet agent stops heartbeating (fleet.py).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import logging
 import math
 import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
 
+from mint.adapters import AdapterConfig
 from mint.errors import Code, MintError, invalid
 from mint.models.loading import load_model
 from mint.models.tokenizer import Tokenizer
+from mint.names import check_sha256
 from mint.runtime import compute_threads, release_workers
 from services.engine.attention import PagedAttention, SeqSpan
 from services.engine.config import EngineConfig
@@ -70,11 +80,14 @@ class Engine:
         )
         self.scheduler = Scheduler(self.cache, self.residency, max_batched_tokens=config.max_batched_tokens, max_num_seqs=config.max_num_seqs)
         self._inbox: collections.deque[Request] = collections.deque()
+        self._inbox_lock = threading.Lock()  # submitting vs. the loop's death draining the inbox
         self._wake = threading.Event()
         self._step_lock = threading.Lock()
-        self.residency.on_loaded.append(lambda _sha: self._wake.set())
+        self.residency.on_loaded.append(lambda _key: self._wake.set())
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.failure: BaseException | None = None  # what ended the step loop, if it ended on its own
+        self._failure_callbacks: list[Callable[[], None]] = []
         self._generated: collections.deque[tuple[float, int]] = collections.deque()
         self.tokens_generated = 0
         self.requests_finished = 0
@@ -97,29 +110,62 @@ class Engine:
         for request in list(self.scheduler.running) + list(self.scheduler.waiting) + list(self._inbox):
             request.fail(MintError(Code.UNAVAILABLE, "the engine is shutting down"))
 
+    @property
+    def serving(self) -> bool:
+        """The step loop is running: requests submitted now will be served."""
+        thread = self._thread
+        return thread is not None and thread.is_alive() and self.failure is None and not self._stop.is_set()
+
+    def on_failure(self, callback: Callable[[], None]) -> None:
+        """Run `callback` (once, on the loop's thread) if the step loop ends on its own; now if it has."""
+        with self._inbox_lock:
+            if self.failure is None:
+                self._failure_callbacks.append(callback)
+                return
+        callback()
+
     # --- requests (any thread) --------------------------------------------------------------------------
 
     def spec(self, adapter) -> AdapterSpec | None:
-        """An AdapterSpec from a catalog AdapterRef message (None: the base alone); checks it fits here."""
+        """An AdapterSpec from a catalog AdapterRef message (None: the base alone); INVALID_ARGUMENT naming
+        the adapter and the reason when this engine cannot serve it (`refusal`)."""
         if adapter is None or not adapter.sha256:
             return None
-        if adapter.base_model and adapter.base_model != self.base_model:
-            raise invalid(f"{adapter.address} is an adapter for base {adapter.base_model!r}; this engine serves {self.base_model!r}")
-        spec = AdapterSpec(
+        address = adapter.address or adapter.sha256[:12]
+        reason = self.refusal(adapter)
+        if reason is not None:
+            raise invalid(f"adapter {address} cannot be served here: {reason}")
+        return AdapterSpec(
             sha256=adapter.sha256,
-            address=adapter.address or adapter.sha256[:12],
+            address=address,
             rank=adapter.rank,
             alpha=adapter.alpha,
             use_rslora=adapter.use_rslora,
             target_modules=tuple(adapter.target_modules),
         )
-        self.residency.check(spec)
-        return spec
+
+    def refusal(self, adapter) -> str | None:
+        """Why this engine cannot serve an AdapterRef, or None. The reason names no address: the same
+        adapter may be published under several (the fleet agent reports it to the scheduler as it is)."""
+        try:
+            check_sha256(adapter.sha256)
+        except MintError as err:
+            return f"it names no blob: {err.message}"
+        if adapter.base_model and adapter.base_model != self.base_model:
+            return f"it is an adapter for base {adapter.base_model!r}; this engine serves {self.base_model!r}"
+        if adapter.rank > self.lora.max_rank:
+            return f"it has rank {adapter.rank}; this engine serves ranks up to {self.lora.max_rank}"
+        try:
+            AdapterConfig(r=adapter.rank, lora_alpha=adapter.alpha, target_modules=tuple(adapter.target_modules), use_rslora=adapter.use_rslora)
+        except MintError as err:
+            return f"its config is invalid: {err.message}"
+        return None
 
     def sample(
         self, adapter: AdapterSpec | None, prompt: list[int], params: SamplingParams, request_id: str = "", *, buffered: bool = False
     ) -> Request:
         """Start generating; read `request.events` (SampleEvent…, then None) or call `collect`."""
+        self._check_params(params)
         self._check_prompt(prompt, params.max_tokens)
         blocks_per_sample = math.ceil((len(prompt) + params.max_tokens) / self.cache.block_size)
         if blocks_per_sample * params.n > self.cache.num_blocks:
@@ -152,6 +198,16 @@ class Engine:
         with self._step_lock:
             yield
 
+    def _check_params(self, params: SamplingParams) -> None:
+        """The checks of a request's parameters (SamplingParams.from_proto), for callers in this process that
+        build SamplingParams themselves: a value the step cannot sample with never joins one."""
+        try:
+            message = params.to_proto()
+        except (TypeError, ValueError) as err:  # not a number, or past its field's range (seed: int64)
+            fields = [f.name for f in dataclasses.fields(params) if not _encodes(dataclasses.replace(SamplingParams(), **{f.name: getattr(params, f.name)}))]
+            raise invalid(f"sampling parameters {', '.join(fields) or '?'} do not fit their message fields: {err}") from None
+        SamplingParams.from_proto(message, max_model_len=self.max_model_len, vocab_size=self.model_config.vocab_size)
+
     def _check_prompt(self, prompt: list[int], max_tokens: int) -> None:
         if not prompt:
             raise invalid("the prompt is empty")
@@ -162,11 +218,17 @@ class Engine:
             raise invalid(f"prompt of {len(prompt)} tokens + max_tokens {max_tokens} exceeds max_model_len {self.max_model_len}")
 
     def _submit(self, request: Request) -> Request:
-        if self._stop.is_set():
-            raise MintError(Code.UNAVAILABLE, "the engine is shutting down")
-        self._inbox.append(request)
+        with self._inbox_lock:
+            if self._stop.is_set():
+                raise MintError(Code.UNAVAILABLE, "the engine is shutting down")
+            if self.failure is not None:
+                raise self._stopped()
+            self._inbox.append(request)
         self._wake.set()
         return request
+
+    def _stopped(self) -> MintError:
+        return MintError(Code.UNAVAILABLE, f"engine {self.engine_id} stopped serving (its step loop ended); another engine can take the request")
 
     def cancel(self, request: Request) -> None:
         request.cancel()
@@ -175,29 +237,69 @@ class Engine:
     # --- the step loop (engine thread) -------------------------------------------------------------------
 
     def _loop(self) -> None:
-        torch.set_grad_enabled(False)
-        while not self._stop.is_set():
-            with self._step_lock:
-                while self._inbox:
-                    self.scheduler.add(self._inbox.popleft())
-                self.residency.install_wanted()
-                step = self.scheduler.plan()
-                if step is not None:
-                    self._run(step)
-            if step is None:
-                release_workers()  # idle: leave the cores to the process's other compute thread, if any
-                self._wake.wait(0.05)
-                self._wake.clear()
+        try:
+            torch.set_grad_enabled(False)
+            while not self._stop.is_set():
+                step = None
+                with self._step_lock:
+                    try:
+                        step = self._step()
+                    except Exception:  # a bug no request can be blamed for: drop what the loop holds, go on
+                        log.exception("engine %s: planning a step failed", self.engine_id)
+                        self._fail_all(MintError(Code.INTERNAL, f"engine {self.engine_id} failed while planning a step (a bug; the engine logged it)"))
+                if step is None:
+                    release_workers()  # idle: leave the cores to the process's other compute thread, if any
+                    self._wake.wait(0.05)
+                    self._wake.clear()
+        except BaseException as err:  # whatever ends the loop, the engine must say that it stopped serving
+            self._died(err)
+
+    def _step(self) -> Step | None:
+        while self._inbox:
+            self.scheduler.add(self._inbox.popleft())
+        self.residency.install_wanted()
+        step = self.scheduler.plan()
+        if step is not None:
+            self._run(step)
+        return step
+
+    def _died(self, err: BaseException) -> None:
+        log.critical("engine %s: the step loop ended; the engine stops serving", self.engine_id, exc_info=err)
+        with self._inbox_lock:
+            self.failure = err
+            callbacks, self._failure_callbacks = self._failure_callbacks, []
+        self._fail_all(self._stopped())
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("engine %s: a stop callback failed", self.engine_id)
+
+    def _fail_all(self, error: MintError) -> None:
+        """Fail every request the engine holds and free what they hold."""
+        with self._inbox_lock:
+            inbox = list(self._inbox)
+            self._inbox.clear()
+        held = list(self.scheduler.running) + list(self.scheduler.waiting) + inbox
+        self.scheduler.waiting.clear()
+        for request in held:
+            self._fail(request, error)
+
+    def _fail(self, request: Request, error: MintError) -> None:
+        if request.done:
+            return
+        self.scheduler.finish(request)
+        request.fail(error)
 
     def _run(self, step: Step) -> None:
         try:
             with compute_threads.working(), torch.inference_mode():
                 self._execute(step)
-        except Exception as err:  # a bug must fail the step's requests, not the engine
-            log.exception("engine step failed")
+        except Exception:  # the forward pass failed: no one request can be blamed, so the step's all fail
+            log.exception("engine %s: a step of %d tokens failed", self.engine_id, step.num_tokens)
+            error = MintError(Code.INTERNAL, f"engine {self.engine_id} failed a step (a bug; the engine logged it)")
             for request in {id(w.seq.request): w.seq.request for w in step.work}.values():
-                self.scheduler.finish(request)
-                request.fail(MintError(Code.INTERNAL, f"engine step failed: {err}"))
+                self._fail(request, error)
 
     def _execute(self, step: Step) -> None:
         ids: list[int] = []
@@ -222,6 +324,7 @@ class Engine:
         # Rows that need logits: the last row of each sequence now fully fed (to sample its next token),
         # and every row of a scoring request (to score the token after it).
         rows: list[int] = []
+        owners: list[Request] = []  # the request of each row
         samplers: list[tuple[Seq, int]] = []  # (sequence, index into rows)
         scorers: list[tuple[Seq, int, list[int]]] = []  # (sequence, first index into rows, targets)
         for w, span in zip(step.work, spans, strict=True):
@@ -231,9 +334,11 @@ class Engine:
                 targets = w.seq.tokens[w.start + 1 : w.start + w.count + 1]
                 scorers.append((w.seq, len(rows), targets))
                 rows += range(span.q_start, span.q_start + len(targets))
+                owners += [request] * len(targets)
             elif w.completes:
                 row = len(rows)
                 rows.append(span.q_start + span.q_len - 1)
+                owners.append(request)
                 samplers.append((w.seq, row))
                 params = request.params
                 if params.n > 1 and len(request.seqs) == 1 and not w.seq.out_tokens:
@@ -243,6 +348,10 @@ class Engine:
         if not rows:
             return
         logits = self.model.logits(hidden[torch.tensor(rows, device=device)])
+        failed = self._fail_nonfinite(logits, owners)
+        if failed:
+            scorers = [s for s in scorers if s[0].request not in failed]
+            samplers = [s for s in samplers if s[0].request not in failed]
         for seq, first, targets in scorers:
             if targets:
                 scores = torch.log_softmax(logits[first : first + len(targets)], dim=-1)
@@ -252,34 +361,70 @@ class Engine:
         if samplers:
             self._sample(logits, samplers)
 
+    def _fail_nonfinite(self, logits: torch.Tensor, owners: list[Request]) -> set[Request]:
+        """Fail the requests with a row of NaN or Inf logits. With an adapter, its weights drove the
+        activations past the engine's dtype (finite weights can, in float16): the adapter's fault, told to the
+        client. Without one the base model did, which is the engine's."""
+        finite = torch.isfinite(logits).all(dim=-1)
+        if bool(finite.all()):
+            return set()
+        failed = {owners[row] for row in (~finite).nonzero().flatten().tolist()}
+        dtype = str(self.config.torch_dtype).removeprefix("torch.")
+        for request in failed:
+            if request.adapter is not None:
+                error = MintError(
+                    Code.FAILED_PRECONDITION,
+                    f"adapter {request.adapter.address} drives this prompt's activations to NaN or Inf in {dtype}: its weights are too large to serve",
+                )
+            else:
+                log.error("engine %s: the base model gave non-finite logits for request %s", self.engine_id, request.request_id)
+                error = MintError(Code.INTERNAL, f"the base model gave non-finite logits on engine {self.engine_id} (the engine logged it)")
+            self._fail(request, error)
+        return failed
+
     def _sample(self, logits: torch.Tensor, samplers: list[tuple[Seq, int]]) -> None:
         rows = [row for _, row in samplers]
         if rows != list(range(logits.shape[0])):  # forked samples share their parent's row
             logits = logits.index_select(0, torch.tensor(rows, device=self.device))
-        tokens, logprobs = sample(logits, [s.request.params for s, _ in samplers], [s.generator for s, _ in samplers])
+        tokens, logprobs, errors = sample(logits, [s.request.params for s, _ in samplers], [s.generator for s, _ in samplers])
+        for row, err in errors.items():  # a bug, but one row's: only its request fails
+            request = samplers[row][0].request
+            log.error("engine %s: sampling for request %s failed", self.engine_id, request.request_id, exc_info=err)
+            self._fail(request, MintError(Code.INTERNAL, f"engine {self.engine_id} failed sampling this request (a bug; the engine logged it)"))
         now = time.monotonic()
         touched: dict[int, Request] = {}
         for (seq, _), token, logprob in zip(samplers, tokens, logprobs, strict=True):
+            if seq.request.done:
+                continue
             seq.tokens.append(token)
             seq.out_tokens.append(token)
             seq.out_logprobs.append(logprob)
-            check_stop(seq, self.tokenizer, self.eos_ids, self.max_model_len)
             touched[id(seq.request)] = seq.request
-        self.tokens_generated += len(samplers)
-        self._generated.append((now, len(samplers)))
+        self.tokens_generated += len(samplers) - len(errors)
+        self._generated.append((now, len(samplers) - len(errors)))
         while self._generated and now - self._generated[0][0] > 10.0:
             self._generated.popleft()
         for request in touched.values():
-            for seq in request.seqs:
-                if request.buffered and seq.finish is None:
-                    continue
-                event = take_event(seq, self.tokenizer, first=seq.emitted_tokens == 0)
-                if event is not None:
-                    request.events.put(event)
-                if seq.finish is not None:
-                    self.scheduler.finish_seq(seq)
-            if not request.live:
-                self._finish(request)
+            try:
+                self._report(request, [seq for seq, _ in samplers if seq.request is request])
+            except Exception:  # a bug in one request's stop checks or text: that request fails, not its batch
+                log.exception("engine %s: reporting request %s failed", self.engine_id, request.request_id)
+                self._fail(request, MintError(Code.INTERNAL, f"engine {self.engine_id} failed reporting this request (a bug; the engine logged it)"))
+
+    def _report(self, request: Request, sampled: list[Seq]) -> None:
+        """After its sequences got a token: stop checks, events, and the request's end."""
+        for seq in sampled:
+            check_stop(seq, self.tokenizer, self.eos_ids, self.max_model_len)
+        for seq in request.seqs:
+            if request.buffered and seq.finish is None:
+                continue
+            event = take_event(seq, self.tokenizer, first=seq.emitted_tokens == 0)
+            if event is not None:
+                request.events.put(event)
+            if seq.finish is not None:
+                self.scheduler.finish_seq(seq)
+        if not request.live:
+            self._finish(request)
 
     def _finish(self, request: Request) -> None:
         self.scheduler.finish(request)
@@ -327,6 +472,14 @@ def _events(request: Request, timeout_s: float | None) -> Iterator[SampleEvent]:
         if isinstance(item, MintError):
             raise item
         yield item
+
+
+def _encodes(params: SamplingParams) -> bool:
+    try:
+        params.to_proto()
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _slot_bytes(model, max_rank: int) -> int:

@@ -1,8 +1,11 @@
 """An engine's life in a fleet: registration, heartbeats with load, the resident set, the load queue.
 
 One background thread keeps the engine known to the scheduler (registering again whenever a heartbeat
-finds it unknown, as after a Redis restart), reports which adapters it holds when that changes, and
-takes loads queued for it (waves, re-placements), acking each when its background load finishes.
+finds it unknown, as after a Redis restart), reports which adapters (keys, identity.py) it holds when that
+changes, and takes loads queued for it (waves, re-placements), acking each when its background load
+finishes. A failed load is acked with its reason, which names no address: the scheduler keeps it for
+everyone who asks for the same adapter. Once the engine stops serving (its step loop ended), the agent
+stops heartbeating and deregisters, so no request is routed to it any more.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import time
 from mint.errors import MintError
 from mint.proto.common_pb2 import AdapterRef
 from services.engine.engine import Engine
+from services.engine.residency import LoadFailed
 from services.scheduler.base import EngineInfo, EngineLoad, LoadItem, Scheduler
 
 log = logging.getLogger(__name__)
@@ -59,6 +63,9 @@ class FleetAgent:
         registered = False
         next_beat = 0.0
         while not self._stop.is_set():
+            if self.engine.failure is not None:
+                self._leave()
+                return
             try:
                 now = time.monotonic()
                 if not registered:
@@ -87,17 +94,27 @@ class FleetAgent:
                 registered = False
                 self._stop.wait(self.scheduler.heartbeat_s)
 
-    def _load(self, entry_id: str, item: LoadItem) -> None:
+    def _leave(self) -> None:
+        """The engine stopped serving: no more heartbeats, and out of the registry now rather than when the
+        reaper notices (if the scheduler cannot be reached, the reaper does it)."""
+        log.warning("fleet: engine %s stopped serving; it leaves the fleet", self.info.engine_id)
         try:
-            spec = self.engine.spec(AdapterRef.FromString(item.adapter))
-            future = self.engine.residency.prefetch(spec, to_device=False)
+            self.scheduler.deregister(self.info.engine_id)
         except MintError as err:
-            self.scheduler.ack_load(self.info.engine_id, entry_id, item, error=err.message)
+            log.warning("could not deregister %s: %s", self.info.engine_id, err)
+
+    def _load(self, entry_id: str, item: LoadItem) -> None:
+        ref = AdapterRef.FromString(item.adapter)
+        reason = self.engine.refusal(ref)
+        if reason is not None:
+            self.scheduler.ack_load(self.info.engine_id, entry_id, item, error=reason)
             return
+        future = self.engine.residency.prefetch(self.engine.spec(ref), to_device=False)
 
         def done(f) -> None:
             error = f.exception()
-            self._finished.put((entry_id, item, str(error) if error else None))
+            reason = error.reason if isinstance(error, LoadFailed) else (str(error) if error else None)
+            self._finished.put((entry_id, item, reason))
 
         self._in_flight += 1
         future.add_done_callback(done)

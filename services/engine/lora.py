@@ -8,12 +8,16 @@ are filled and cleared with `set_slot` / `clear_slot`, between steps.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from kernels import LoRAMeta, lora_expand, lora_shrink
 from mint.adapters.packing import LoRATarget, PackedAdapter, lora_targets
 from mint.models.transformer import Transformer
+
+_FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
 class LoRABatch:
@@ -55,7 +59,6 @@ class LoRALinear(nn.Module):
         return out
 
 
-
 class LoRAModel:
     """The base transformer with LoRA layers swapped in, and slot-level operations over all of them."""
 
@@ -84,11 +87,31 @@ class LoRAModel:
                 wrapped[target.path] = lora
             self.layers.append(wrapped)
 
+    def refusal(self, adapter: PackedAdapter) -> str | None:
+        """Why `adapter` cannot go into a slot (None: it fits): its rank, its scale as the slots' float32,
+        and every tensor's shape against the slot tensors of its projection."""
+        if not 1 <= adapter.rank <= self.max_rank:
+            return f"its rank {adapter.rank} is outside the slots' 1..{self.max_rank}"
+        if not (math.isfinite(adapter.scale) and abs(adapter.scale) <= _FLOAT32_MAX):
+            return f"its scale {adapter.scale:g} (lora_alpha over r, or sqrt(r) with rsLoRA) is not a finite float32"
+        for path, (a, b) in adapter.targets.items():
+            if path not in self.slot_a:
+                return f"it targets {path}, which is not a LoRA projection of this base ({sorted(self.slot_a)})"
+            layers, slices, _, _, d_in = self.slot_a[path].shape  # [layers, slices, slots + 1, max_rank, in]
+            d_out = self.slot_b[path].shape[2]  # [layers, slots + 1, out, max_rank]
+            want_a, want_b = (layers, slices, adapter.rank, d_in), (layers, d_out, adapter.rank)
+            if tuple(a.shape) != want_a or tuple(b.shape) != want_b:
+                return f"its {path} weights have shapes {list(a.shape)} and {list(b.shape)}; this base needs {list(want_a)} and {list(want_b)}"
+        return None
+
     def set_slot(self, slot: int, adapter: PackedAdapter) -> None:
-        """Fill a slot with an adapter. Rows beyond its rank that a previous occupant used are zeroed: the
-        CPU kernels compute up to the largest rank of a run of slots and must read zeros there."""
+        """Fill a slot with an adapter; ValueError (before anything is copied) when it does not fit (`refusal`).
+        Rows beyond its rank that a previous occupant used are zeroed: the CPU kernels compute up to the
+        largest rank of a run of slots and must read zeros there."""
         assert 1 <= slot <= self.num_slots, slot
-        assert adapter.rank <= self.max_rank, (adapter.rank, self.max_rank)
+        reason = self.refusal(adapter)
+        if reason is not None:
+            raise ValueError(reason)
         r = adapter.rank
         for path, ranks in self.batch.ranks.items():
             previous = int(ranks[slot])

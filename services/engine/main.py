@@ -6,6 +6,7 @@ import logging
 
 import grpc
 import torch
+from grpc_health.v1 import health, health_pb2
 
 from mint.auth import Role
 from mint.errors import MintError
@@ -44,12 +45,24 @@ def open_engine(config: EngineConfig) -> Engine:
 
 
 def create_server(config: EngineConfig, engine: Engine) -> tuple[grpc.Server, int]:
-    """A server for `engine`; callers need service or admin keys, checked with the catalog."""
+    """A server for `engine`; callers need service or admin keys, checked with the catalog. Its gRPC health
+    turns NOT_SERVING if the engine stops serving (its step loop ended), for load balancers and probes."""
     authenticator = None
     if config.catalog_address:
         authenticator = RemoteAuthenticator(channel(config.catalog_address), roles=frozenset({Role.SERVICE, Role.ADMIN}))
-    return build_server([engine_service(engine)], address=config.address, authenticator=authenticator, max_workers=config.max_num_seqs + 16,
-                        limits=config.request_limits)
+    service = engine_service(engine)
+    server, port = build_server([service], address=config.address, authenticator=authenticator, max_workers=config.max_num_seqs + 16,
+                                limits=config.request_limits)
+    checks = health_servicer(server)
+    engine.on_failure(lambda: [checks.set(name, health_pb2.HealthCheckResponse.NOT_SERVING) for name in ("", service.name)])
+    return server, port
+
+
+def health_servicer(server: grpc.Server) -> health.HealthServicer:
+    """The grpc.health.v1 servicer that mint.server.build_server registered on `server`: the owner of the
+    handler registered for Check, read from grpcio's server state because build_server returns no handle."""
+    handler = server._state.registered_method_handlers["/grpc.health.v1.Health/Check"]
+    return handler.unary_unary.__self__
 
 
 def serve(config: EngineConfig | None = None) -> None:

@@ -2,6 +2,12 @@
 
 Logprobs are those of the model's own distribution (log-softmax of the raw logits), whatever the sampling
 transform, as vLLM reports them by default; RL code compares them with trainer logprobs of the same model.
+
+Every parameter value `SamplingParams.from_proto` accepts samples without overflow: temperatures below
+`MIN_TEMPERATURE` (1e-45 included) sample greedily, which is the limit softmax(logits / t) tends to as t
+goes to 0, and scores are shifted so that their maximum is 0 before they are divided by the temperature,
+so no quotient overflows to +inf. Rows must hold finite logits (the engine fails a request whose adapter
+produced any other before it gets here).
 """
 
 from __future__ import annotations
@@ -10,28 +16,37 @@ import math
 
 import torch
 
-from mint.params import SamplingParams
+from mint.params import MIN_TEMPERATURE, SamplingParams
+
+__all__ = ["MIN_TEMPERATURE", "SamplingParams", "make_generator", "sample"]
+
+_SEEDS = 2**64  # torch generators take seeds in [0, 2^64)
 
 
 def make_generator(params: SamplingParams, index: int, device: torch.device | str) -> torch.Generator | None:
-    """A generator per sample when seeded (sample i of seed s uses s + i), so results reproduce
+    """A generator per sample when seeded (sample i of seed s uses s + i, modulo 2^64), so results reproduce
     regardless of what else shares the batch."""
     if params.greedy or params.seed is None:
         return None
-    return torch.Generator(device=device).manual_seed(params.seed + index)
+    return torch.Generator(device=device).manual_seed((params.seed + index) % _SEEDS)
 
 
 def sample(
-    logits: torch.Tensor,  # [N, vocab] float32
+    logits: torch.Tensor,  # [N, vocab] float32, finite
     params: list[SamplingParams],  # one per row
     generators: list[torch.Generator | None],
-) -> tuple[list[int], list[float]]:
-    """Next token of each row, and its logprob under the model (NaN for rows that did not ask for one:
-    a log-softmax over the vocabulary costs as much as sampling itself)."""
+) -> tuple[list[int], list[float], dict[int, Exception]]:
+    """Next token of each row, its logprob under the model (NaN for rows that did not ask for one: a
+    log-softmax over the vocabulary costs as much as sampling itself), and the error of each row that could
+    not be sampled (its token is then meaningless), so that one row's failure is only its request's."""
     tokens = logits.argmax(dim=-1)
+    errors: dict[int, Exception] = {}
     for row, p in enumerate(params):
         if not p.greedy:
-            tokens[row] = _sample_row(logits[row], p, generators[row])
+            try:
+                tokens[row] = _sample_row(logits[row], p, generators[row])
+            except Exception as err:  # reported per row: the caller fails that request alone
+                errors[row] = err
     wanted = [row for row, p in enumerate(params) if p.logprobs]
     chosen = [math.nan] * len(params)
     if wanted:
@@ -39,11 +54,13 @@ def sample(
         picked = torch.log_softmax(logits.index_select(0, rows), dim=-1).gather(1, tokens.index_select(0, rows).unsqueeze(1))
         for row, value in zip(wanted, picked.squeeze(1).tolist(), strict=True):
             chosen[row] = value
-    return tokens.tolist(), chosen
+    return tokens.tolist(), chosen, errors
 
 
 def _sample_row(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
-    scores = logits / p.temperature
+    # Shifted to a maximum of 0 first: dividing by a tiny temperature then gives large negative numbers
+    # (or -inf), never +inf, and the top token keeps probability mass whatever top-k and top-p remove.
+    scores = (logits - logits.max()) / p.temperature
     if 0 < p.top_k < scores.shape[0]:
         kth = torch.topk(scores, p.top_k).values[-1]
         scores = scores.masked_fill(scores < kth, float("-inf"))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 from collections import deque
 
-from mint.errors import Code, MintError
 from services.engine.kv_cache import KVCache
 from services.engine.residency import Residency, State
 from services.engine.sequences import Request, Sequence
@@ -101,8 +100,9 @@ class Scheduler:
                 if readiness.state is State.PENDING:
                     continue
                 if readiness.state is State.FAILED:
+                    assert readiness.failure is not None
                     self.waiting.remove(request)
-                    request.fail(readiness.error or MintError(Code.INTERNAL, "adapter load failed"))
+                    request.fail(readiness.failure.error(request.adapter.address))
                     continue
                 slot = readiness.slot
             # Room for every pending token of the request, plus one block per sequence to grow into.
@@ -110,7 +110,7 @@ class Scheduler:
             if needed > self.cache.allocator.num_free:
                 return  # first come, first served for memory: no overtaking by smaller requests
             self.waiting.remove(request)
-            request.slot = self.residency.acquire(request.adapter.sha256) if request.adapter else slot
+            request.slot = self.residency.acquire(request.adapter.key) if request.adapter else slot
             request.admitted = True
             self.running.append(request)
             running_seqs += len(request.live)

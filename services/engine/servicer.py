@@ -8,6 +8,8 @@ from mint.errors import invalid
 from mint.proto import common_pb2, engine_pb2, engine_pb2_grpc
 from mint.server import time_left
 from services.engine.engine import Engine
+from services.engine.identity import blob_of
+from services.engine.residency import Placement
 from services.engine.sampling import SamplingParams
 from services.engine.sequences import Finish, Request, SampleEvent
 
@@ -109,30 +111,20 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
         spec = self.engine.spec(request.adapter)
         if spec is None:
             raise invalid("LoadAdapter needs an adapter with a sha256")
-        future = self.engine.residency.prefetch(spec, pin=request.pin)
+        residency = self.engine.residency
+        future = residency.prefetch(spec, pin=request.pin)
         if request.wait:
-            future.result(timeout=time_left(context))
-        return self._status(spec.sha256, spec.address)
+            residency.wait(spec, future, time_left(context))
+        return _status_pb(spec.sha256, residency.placement(spec.key), spec.address)
 
+    # Evicting and pinning name a blob: they act on every packing of it this engine holds.
     def EvictAdapter(self, request, context):
         self.engine.residency.evict(request.sha256)
-        return self._status(request.sha256)
+        return _status_pb(request.sha256, self.engine.residency.blob_placement(request.sha256))
 
     def PinAdapter(self, request, context):
         self.engine.residency.pin(request.sha256, request.pinned)
-        return self._status(request.sha256)
-
-    def _status(self, sha256: str, address: str = "") -> engine_pb2.AdapterStatus:
-        residency = self.engine.residency
-        slot = residency.slots.slot_of(sha256) or 0
-        return engine_pb2.AdapterStatus(
-            sha256=sha256,
-            address=address,
-            tier=TIER_TO_PB[residency.tier_of(sha256)],
-            pinned=residency.slots.is_pinned(sha256),
-            slot=slot,
-            bytes=residency.slots.adapter_bytes.get(sha256, 0),
-        )
+        return _status_pb(request.sha256, self.engine.residency.blob_placement(request.sha256))
 
     def GetStats(self, request, context):
         return engine_stats(self.engine, include_adapters=request.include_adapters)
@@ -147,6 +139,12 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
             max_lora_rank=engine.lora.max_rank,
             eos_token_ids=sorted(engine.eos_ids),
         )
+
+
+def _status_pb(sha256: str, placement: Placement, address: str = "") -> engine_pb2.AdapterStatus:
+    return engine_pb2.AdapterStatus(
+        sha256=sha256, address=address, tier=TIER_TO_PB[placement.tier], pinned=placement.pinned, slot=placement.slot, bytes=placement.bytes
+    )
 
 
 def engine_stats(engine: Engine, *, include_adapters: bool = False) -> engine_pb2.EngineStats:
@@ -174,8 +172,8 @@ def engine_stats(engine: Engine, *, include_adapters: bool = False) -> engine_pb
     )
     if include_adapters:
         stats.adapters.extend(
-            engine_pb2.AdapterStatus(sha256=sha, tier=engine_pb2.TIER_DEVICE, slot=slot, pinned=sha in snap["pinned"])
-            for sha, slot in occupants.items()
+            engine_pb2.AdapterStatus(sha256=blob_of(key), tier=engine_pb2.TIER_DEVICE, slot=slot, pinned=key in snap["pinned"])
+            for key, slot in occupants.items()
         )
     return stats
 

@@ -3,8 +3,9 @@
 - `DiskCache`: adapter_model.safetensors files in a local content-addressed directory, filled from the
   catalog's blob store; verified by sha256 as they are written (or hard-linked from an in-process
   catalog's blob store, which verified them when they were published).
-- `HostCache`: adapters parsed and packed for slot copies (`PackedAdapter`), in host memory.
-- `SlotPool`: which adapter occupies which device slot; slots in use by running sequences or pinned are
+- `HostCache`: adapters parsed and packed for slot copies (`PackedAdapter`), in host memory, by adapter key
+  (identity.py): bytes and the config they were packed with.
+- `SlotPool`: which adapter (by key) occupies which device slot; slots in use by running sequences or pinned are
   never evicted.
 
 These classes only keep books; `Residency` (residency.py) decides what moves where, and is the only
@@ -105,13 +106,15 @@ class DiskCache:
 
 
 class HostCache:
+    """Packed adapters by adapter key (identity.py): the packing bakes in the config's rank and scale."""
+
     def __init__(self, budget_bytes: int):
         self.budget_bytes = budget_bytes
         self._items: OrderedDict[str, PackedAdapter] = OrderedDict()
         self.used_bytes = 0
 
-    def __contains__(self, sha256: str) -> bool:
-        return sha256 in self._items
+    def __contains__(self, key: str) -> bool:
+        return key in self._items
 
     def __len__(self) -> int:
         return len(self._items)
@@ -119,29 +122,31 @@ class HostCache:
     def keys(self) -> frozenset[str]:
         return frozenset(self._items)
 
-    def get(self, sha256: str) -> PackedAdapter | None:
-        adapter = self._items.get(sha256)
-        if adapter is not None:
-            self._items.move_to_end(sha256)
+    def get(self, key: str, *, touch: bool = True) -> PackedAdapter | None:
+        adapter = self._items.get(key)
+        if adapter is not None and touch:
+            self._items.move_to_end(key)
         return adapter
 
-    def put(self, sha256: str, adapter: PackedAdapter) -> None:
-        if sha256 in self._items:
+    def put(self, key: str, adapter: PackedAdapter) -> None:
+        if key in self._items:
             return
-        self._items[sha256] = adapter
+        self._items[key] = adapter
         self.used_bytes += adapter.nbytes
         # The newest item is last, so this never evicts what was just added.
         while self.used_bytes > self.budget_bytes and len(self._items) > 1:
             _, evicted = self._items.popitem(last=False)
             self.used_bytes -= evicted.nbytes
 
-    def discard(self, sha256: str) -> None:
-        adapter = self._items.pop(sha256, None)
+    def discard(self, key: str) -> None:
+        adapter = self._items.pop(key, None)
         if adapter is not None:
             self.used_bytes -= adapter.nbytes
 
 
 class SlotPool:
+    """Which adapter (by key) occupies which device slot; slot 0 is "no adapter" and never handed out."""
+
     def __init__(self, num_slots: int):
         self.num_slots = num_slots
         self._slot_of: dict[str, int] = {}
@@ -154,55 +159,56 @@ class SlotPool:
     def __len__(self) -> int:
         return len(self._slot_of)
 
-    def slot_of(self, sha256: str) -> int | None:
-        return self._slot_of.get(sha256)
+    def slot_of(self, key: str) -> int | None:
+        return self._slot_of.get(key)
 
     def occupants(self) -> dict[str, int]:
         return dict(self._slot_of)
 
-    def acquire(self, sha256: str) -> int:
+    def acquire(self, key: str) -> int:
         """Mark a resident adapter used by one more running sequence."""
-        slot = self._slot_of[sha256]
+        slot = self._slot_of[key]
         self._in_use[slot] += 1
-        self._lru.move_to_end(sha256)
+        self._lru.move_to_end(key)
         return slot
 
     def release(self, slot: int) -> None:
         self._in_use[slot] -= 1
 
-    def pin(self, sha256: str, pinned: bool) -> None:
-        (self._pinned.add if pinned else self._pinned.discard)(sha256)
+    def pin(self, key: str, pinned: bool) -> None:
+        (self._pinned.add if pinned else self._pinned.discard)(key)
 
-    def is_pinned(self, sha256: str) -> bool:
-        return sha256 in self._pinned
+    def is_pinned(self, key: str) -> bool:
+        return key in self._pinned
 
     def free_slot(self) -> tuple[int, str | None] | None:
         """A slot to fill: an empty one, else the least recently used evictable one (and its owner)."""
         for slot in range(1, self.num_slots + 1):
             if self._owner[slot] is None:
                 return slot, None
-        for sha in self._lru:
-            slot = self._slot_of[sha]
-            if self._in_use[slot] == 0 and sha not in self._pinned:
-                return slot, sha
+        for key in self._lru:
+            slot = self._slot_of[key]
+            if self._in_use[slot] == 0 and key not in self._pinned:
+                return slot, key
         return None
 
-    def assign(self, slot: int, sha256: str, nbytes: int) -> None:
+    def assign(self, slot: int, key: str, nbytes: int) -> None:
         previous = self._owner[slot]
         if previous is not None:
             self.remove(previous)
-        self._owner[slot] = sha256
-        self._slot_of[sha256] = slot
-        self._lru[sha256] = None
-        self.adapter_bytes[sha256] = nbytes
+        self._owner[slot] = key
+        self._slot_of[key] = slot
+        self._lru[key] = None
+        self.adapter_bytes[key] = nbytes
 
-    def remove(self, sha256: str) -> int | None:
-        slot = self._slot_of.pop(sha256, None)
+    def remove(self, key: str) -> int | None:
+        slot = self._slot_of.get(key)
         if slot is not None:
             if self._in_use[slot]:
-                raise MintError(Code.FAILED_PRECONDITION, f"adapter {sha256[:12]} is in use by running sequences")
+                raise MintError(Code.FAILED_PRECONDITION, f"adapter {key[:12]} is in use by running sequences")
+            del self._slot_of[key]
             self._owner[slot] = None
-            self._lru.pop(sha256, None)
-            self.adapter_bytes.pop(sha256, None)
-            self._pinned.discard(sha256)
+            self._lru.pop(key, None)
+            self.adapter_bytes.pop(key, None)
+            self._pinned.discard(key)
         return slot

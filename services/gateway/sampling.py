@@ -3,6 +3,10 @@
 A request that fails because its engine is unreachable before the first token is retried on another
 engine; after the first token, the error goes to the client (its tokens cannot be un-sent). Deadlines and
 cancellation pass through to the engine.
+
+Adapters are routed and loaded by their adapter key (services/engine/identity.py); what the scheduler
+remembers about one (why it could not be loaded) is shared by every tenant who published the same bytes
+and config, so errors are worded here with the caller's own address. A wave is its activating tenant's.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from mint.errors import Code, MintError, invalid
 from mint.proto import engine_pb2, gateway_pb2, gateway_pb2_grpc
 from mint.proto.common_pb2 import AdapterRef
 from mint.server import time_left
+from services.engine.identity import ref_key
 from services.gateway.engines import EngineConnector
 from services.gateway.resolver import ResolveCache
 from services.scheduler.base import LoadItem, Route, Scheduler, WaveStatus
@@ -72,14 +77,14 @@ class SamplingServicer(gateway_pb2_grpc.SamplingServiceServicer):
         adapter = self.resolver.resolve(model, _api_key(context)).adapter
         if base_model and base_model != adapter.base_model:
             raise invalid(f"{adapter.address} is an adapter for base {adapter.base_model!r}, not {base_model!r}")
-        failure = self.scheduler.load_failure(adapter.sha256)
+        failure = self.scheduler.load_failure(ref_key(adapter))
         if failure:
             raise MintError(Code.FAILED_PRECONDITION, f"{adapter.address} could not be loaded on any engine: {failure}")
         return adapter, adapter.base_model
 
     def _route(self, adapter: AdapterRef | None, base: str, tried: set[str]) -> Route:
         if adapter is not None:
-            return self.scheduler.route(adapter.sha256, base, exclude=frozenset(tried))
+            return self.scheduler.route(ref_key(adapter), base, exclude=frozenset(tried))
         engines = [e for e in self.scheduler.engines(base) if e.info.engine_id not in tried]
         if not engines:
             raise MintError(Code.UNAVAILABLE, f"no engine is serving base model {base!r}")
@@ -91,19 +96,20 @@ class SamplingServicer(gateway_pb2_grpc.SamplingServiceServicer):
     def ActivateWave(self, request, context):
         if not request.refs:
             raise invalid("a wave needs at least one revision ref")
+        tenant = auth.current_principal().tenant
         key = _api_key(context)
         adapters = [self.resolver.resolve(ref, key).adapter for ref in request.refs]
         bases = {a.base_model for a in adapters}
         if len(bases) != 1:
             raise invalid(f"a wave's revisions must share one base model; got {sorted(bases)}")
-        unique = {a.sha256: a for a in adapters}
-        items = [LoadItem(sha256=a.sha256, size_bytes=a.size_bytes, adapter=a.SerializeToString()) for a in unique.values()]
-        wave_id = self.scheduler.activate_wave(request.name, bases.pop(), items)
-        return wave_pb(self.scheduler.wave_status(wave_id))
+        unique = {ref_key(a): a for a in adapters}
+        items = [LoadItem(adapter_key=k, size_bytes=a.size_bytes, adapter=a.SerializeToString()) for k, a in unique.items()]
+        wave_id = self.scheduler.activate_wave(request.name, bases.pop(), items, tenant)
+        return wave_pb(self.scheduler.wave_status(wave_id, tenant))
 
     def GetWave(self, request, context):
-        auth.current_principal()
-        return wave_pb(self.scheduler.wave_status(request.wave_id))
+        principal = auth.current_principal()
+        return wave_pb(self.scheduler.wave_status(request.wave_id, None if principal.privileged else principal.tenant))
 
     def ListEngines(self, request, context):
         auth.current_principal()

@@ -1,5 +1,9 @@
 """The scheduler's contract: engine registry, adapter placement and routing, active waves, load queues.
 
+Adapters are named by their adapter key (services/engine/identity.py: blob and packing config), the
+identity engines cache them under, so "resident" always means resident with the right scale. Waves belong
+to the tenant that activated them.
+
 Two backends implement `Scheduler`: `RedisScheduler` for a fleet (Redis holds only what can be rebuilt:
 engines re-register and re-report what they hold after a Redis restart) and `MemoryScheduler` for the
 embedded single process. The same contract tests run against both.
@@ -43,10 +47,10 @@ class LiveEngine:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class LoadItem:
-    """One adapter to load: the scheduler needs its hash and size; `adapter` (a serialized
+    """One adapter to load: the scheduler needs its key and size; `adapter` (a serialized
     mint.v1.AdapterRef) is opaque to it and travels to the engine."""
 
-    sha256: str
+    adapter_key: str
     size_bytes: int
     adapter: bytes
     wave_id: str = ""
@@ -76,7 +80,7 @@ class WaveStatus:
     resident: int
     failed: int
     engines: tuple[WaveShare, ...]
-    failures: tuple[str, ...]  # "sha256: reason", at most 100
+    failures: tuple[str, ...]  # "<adapter key>: <reason>", at most 100
 
     @property
     def ready(self) -> bool:
@@ -104,24 +108,28 @@ class Scheduler(Protocol):
         ...
 
     # --- placement and routing -------------------------------------------------------------------------
-    def set_resident(self, engine_id: str, sha256s: Iterable[str]) -> None:
+    def set_resident(self, engine_id: str, adapter_keys: Iterable[str]) -> None:
         """The engine's complete set of resident adapters (device and host tiers) right now."""
         ...
 
-    def holders(self, sha256: str) -> list[str]: ...
+    def holders(self, adapter_key: str) -> list[str]: ...
 
-    def route(self, sha256: str, base_model: str, exclude: frozenset[str] = frozenset()) -> Route:
-        """The engine a request for `sha256` should go to: a live holder (least loaded), else the engine
+    def route(self, adapter_key: str, base_model: str, exclude: frozenset[str] = frozenset()) -> Route:
+        """The engine a request for `adapter_key` should go to: a live holder (least loaded), else the engine
         it was recently placed on (a burst of first requests is not scattered), else bounded-load
         rendezvous hashing. Hot adapters get more replicas. UNAVAILABLE when no engine serves the base."""
         ...
 
     # --- waves -----------------------------------------------------------------------------------------
-    def activate_wave(self, name: str, base_model: str, items: list[LoadItem]) -> str:
-        """Spread the adapters over live engines by free byte capacity, enqueue their loads, return an id."""
+    def activate_wave(self, name: str, base_model: str, items: list[LoadItem], tenant: str) -> str:
+        """Spread the adapters over live engines by free byte capacity, enqueue their loads, return an id.
+        The wave is the tenant's: it replaces the tenant's open wave of the same name on the base."""
         ...
 
-    def wave_status(self, wave_id: str) -> WaveStatus: ...
+    def wave_status(self, wave_id: str, tenant: str | None) -> WaveStatus:
+        """The wave's progress. NOT_FOUND, worded as for an unknown id, when it is not `tenant`'s (None: a
+        privileged caller, who may read any wave)."""
+        ...
 
     # --- load queues -----------------------------------------------------------------------------------
     def enqueue_load(self, engine_id: str, item: LoadItem) -> None: ...
@@ -132,9 +140,10 @@ class Scheduler(Protocol):
 
     def ack_load(self, engine_id: str, entry_id: str, item: LoadItem, error: str | None = None) -> None:
         """Finish a load. On error it is retried (on another engine when one exists) until it has failed
-        max_attempts times; then it goes to the dead-letter stream and `load_failure` reports it."""
+        max_attempts times; then it goes to the dead-letter stream and `load_failure` reports it. The error
+        is told to every tenant who asks for the adapter, so it must name no address."""
         ...
 
-    def load_failure(self, sha256: str) -> str | None:
+    def load_failure(self, adapter_key: str) -> str | None:
         """Why the adapter could not be loaded anywhere (after its retries), or None."""
         ...

@@ -38,6 +38,7 @@ class _Queue:
 class _Wave:
     name: str
     base_model: str
+    tenant: str
     expires: float
     items: dict[str, LoadItem]
     engine_of: dict[str, str]
@@ -46,8 +47,8 @@ class _Wave:
 
     def bytes_by_engine(self) -> collections.Counter[str]:
         totals: collections.Counter[str] = collections.Counter()
-        for sha, engine_id in self.engine_of.items():
-            totals[engine_id] += self.items[sha].size_bytes
+        for key, engine_id in self.engine_of.items():
+            totals[engine_id] += self.items[key].size_bytes
         return totals
 
 
@@ -63,13 +64,13 @@ class MemoryScheduler:
         self._loads: dict[str, EngineLoad] = {}
         self._resident: dict[str, set[str]] = {}
         self._holders: dict[str, set[str]] = {}
-        self._assigned: dict[str, tuple[str, float]] = {}  # sha256 -> (engine id, expiry)
-        self._requests: dict[str, dict[int, int]] = {}     # sha256 -> second -> requests routed
+        self._assigned: dict[str, tuple[str, float]] = {}  # adapter key -> (engine id, expiry)
+        self._requests: dict[str, dict[int, int]] = {}     # adapter key -> second -> requests routed
         self._queues: dict[str, _Queue] = {}
         self._entry_ids = itertools.count(1)
-        self._failures: dict[str, tuple[str, float]] = {}  # sha256 -> (reason, expiry)
+        self._failures: dict[str, tuple[str, float]] = {}  # adapter key -> (reason, expiry)
         self._waves: dict[str, _Wave] = {}
-        self._open: dict[tuple[str, str], str] = {}        # (base model, wave name) -> wave id
+        self._open: dict[tuple[str, str, str], str] = {}   # (base model, tenant, wave name) -> wave id
         self._swept_at = clock()
 
     def close(self) -> None:
@@ -122,43 +123,43 @@ class MemoryScheduler:
             return dead
 
     # --- placement and routing -------------------------------------------------------------------------
-    def set_resident(self, engine_id: str, sha256s: Iterable[str]) -> None:
+    def set_resident(self, engine_id: str, adapter_keys: Iterable[str]) -> None:
         with self._lock:
             if engine_id not in self._engines:
                 return  # its next heartbeat tells it to register again, and then it reports again
-            old, new = self._resident[engine_id], set(sha256s)
-            for sha in old - new:
-                self._drop_holder(sha, engine_id)
-            for sha in new - old:
-                self._holders.setdefault(sha, set()).add(engine_id)
+            old, new = self._resident[engine_id], set(adapter_keys)
+            for key in old - new:
+                self._drop_holder(key, engine_id)
+            for key in new - old:
+                self._holders.setdefault(key, set()).add(engine_id)
             self._resident[engine_id] = new
 
-    def holders(self, sha256: str) -> list[str]:
+    def holders(self, adapter_key: str) -> list[str]:
         with self._lock:
-            return sorted(self._holders.get(sha256, ()))
+            return sorted(self._holders.get(adapter_key, ()))
 
-    def route(self, sha256: str, base_model: str, exclude: frozenset[str] = frozenset()) -> Route:
+    def route(self, adapter_key: str, base_model: str, exclude: frozenset[str] = frozenset()) -> Route:
         with self._lock:
             now = self._clock()
             self._sweep(now)
             loads = {e: self._loads[e].score for e in self._live(base_model, now) if e not in exclude}
             if not loads:
                 raise no_engine(base_model, exclude)
-            assigned = self._assigned.get(sha256)
+            assigned = self._assigned.get(adapter_key)
             choice = placement.choose_route(
-                sha256,
+                adapter_key,
                 loads,
-                self._holders.get(sha256, ()),
+                self._holders.get(adapter_key, ()),
                 assigned[0] if assigned is not None and assigned[1] > now else None,
-                placement.is_hot(self._count_request(sha256, now), self.config.hot_requests),
+                placement.is_hot(self._count_request(adapter_key, now), self.config.hot_requests),
                 self.config.load_factor,
             )
             if choice.placed:
-                self._assigned[sha256] = (choice.engine_id, now + self.config.assignment_ttl_s)
+                self._assigned[adapter_key] = (choice.engine_id, now + self.config.assignment_ttl_s)
             return Route(choice.engine_id, self._engines[choice.engine_id].address, choice.resident)
 
     # --- waves -----------------------------------------------------------------------------------------
-    def activate_wave(self, name: str, base_model: str, items: list[LoadItem]) -> str:
+    def activate_wave(self, name: str, base_model: str, items: list[LoadItem], tenant: str) -> str:
         wave_id = uuid.uuid4().hex
         items = distinct(items, wave_id)
         with self._lock:
@@ -166,25 +167,26 @@ class MemoryScheduler:
             live = self._live(base_model, now)
             if not live:
                 raise no_engine(base_model, frozenset())
-            self._open.pop((base_model, name), None)  # the wave it replaces no longer claims bytes
+            self._open.pop((base_model, tenant, name), None)  # the wave it replaces no longer claims bytes
             plan = placement.spread(items, self._free_bytes(base_model, live))
             self._waves[wave_id] = _Wave(
                 name=name,
                 base_model=base_model,
+                tenant=tenant,
                 expires=now + self.config.wave_ttl_s,
-                items={item.sha256: item for item in items},
-                engine_of={item.sha256: engine_id for item, engine_id in plan},
-                state_of={item.sha256: ItemState.QUEUED for item in items},
+                items={item.adapter_key: item for item in items},
+                engine_of={item.adapter_key: engine_id for item, engine_id in plan},
+                state_of={item.adapter_key: ItemState.QUEUED for item in items},
             )
-            self._open[(base_model, name)] = wave_id
+            self._open[(base_model, tenant, name)] = wave_id
             for item, engine_id in plan:
                 self._enqueue(engine_id, item)
             return wave_id
 
-    def wave_status(self, wave_id: str) -> WaveStatus:
+    def wave_status(self, wave_id: str, tenant: str | None) -> WaveStatus:
         with self._lock:
             wave = self._waves.get(wave_id)
-            if wave is None or wave.expires <= self._clock():
+            if wave is None or wave.expires <= self._clock() or tenant not in (None, wave.tenant):
                 raise no_wave(wave_id, self.config.wave_ttl_s)
             live = self._live(wave.base_model, self._clock()).keys()
             return summarize(
@@ -222,9 +224,9 @@ class MemoryScheduler:
             else:
                 self._failed(engine_id, item, error)
 
-    def load_failure(self, sha256: str) -> str | None:
+    def load_failure(self, adapter_key: str) -> str | None:
         with self._lock:
-            failure = self._failures.get(sha256)
+            failure = self._failures.get(adapter_key)
             return failure[0] if failure is not None and failure[1] > self._clock() else None
 
     # --- internals (the lock is held) ------------------------------------------------------------------
@@ -239,7 +241,7 @@ class MemoryScheduler:
     def _free_bytes(self, base_model: str, live: dict[str, EngineInfo]) -> dict[str, int]:
         """Host capacity left on each live engine after the bytes that open waves have placed there."""
         claimed: collections.Counter[str] = collections.Counter()
-        for (base, _), wave_id in self._open.items():
+        for (base, _, _), wave_id in self._open.items():
             if base == base_model:
                 claimed.update(self._waves[wave_id].bytes_by_engine())
         return {engine_id: info.host_bytes - claimed[engine_id] for engine_id, info in live.items()}
@@ -249,17 +251,17 @@ class MemoryScheduler:
         (delivered or not) and the items of open waves that it held."""
         info = self._engines.pop(engine_id)
         del self._seen[engine_id], self._loads[engine_id]
-        for sha in self._resident.pop(engine_id):
-            self._drop_holder(sha, engine_id)
+        for key in self._resident.pop(engine_id):
+            self._drop_holder(key, engine_id)
         queue = self._queues.pop(engine_id)
         items = list(queue.pending.values()) + [item for _, item in queue.undelivered]
-        for (base, _), wave_id in self._open.items():
+        for (base, _, _), wave_id in self._open.items():
             if base == info.base_model:
                 wave = self._waves[wave_id]
                 items += [
-                    wave.items[sha]
-                    for sha, holder in wave.engine_of.items()
-                    if holder == engine_id and wave.state_of[sha] is ItemState.RESIDENT
+                    wave.items[key]
+                    for key, holder in wave.engine_of.items()
+                    if holder == engine_id and wave.state_of[key] is ItemState.RESIDENT
                 ]
         return info.base_model, items
 
@@ -282,12 +284,12 @@ class MemoryScheduler:
 
     def _loaded(self, engine_id: str, item: LoadItem) -> None:
         if engine_id in self._engines:  # hold it now rather than at the engine's next report
-            self._resident[engine_id].add(item.sha256)
-            self._holders.setdefault(item.sha256, set()).add(engine_id)
-        self._failures.pop(item.sha256, None)
+            self._resident[engine_id].add(item.adapter_key)
+            self._holders.setdefault(item.adapter_key, set()).add(engine_id)
+        self._failures.pop(item.adapter_key, None)
         wave = self._waves.get(item.wave_id)
-        if wave is not None and wave.engine_of.get(item.sha256) == engine_id:
-            wave.state_of[item.sha256] = ItemState.RESIDENT
+        if wave is not None and wave.engine_of.get(item.adapter_key) == engine_id:
+            wave.state_of[item.adapter_key] = ItemState.RESIDENT
 
     def _failed(self, engine_id: str, item: LoadItem, error: str) -> None:
         item = dataclasses.replace(item, attempts=item.attempts + 1)
@@ -305,32 +307,32 @@ class MemoryScheduler:
     def _dead_letter(self, engine_id: str, item: LoadItem, reason: str, *, failed_load: bool = True) -> None:
         """Give up on a load. Only a load that itself failed marks the adapter failed for requesters; one
         orphaned because no engine was left says nothing about the adapter."""
-        log.warning("load of %s dead-lettered (last on %s): %s", item.sha256, engine_id, reason)
+        log.warning("load of %s dead-lettered (last on %s): %s", item.adapter_key, engine_id, reason)
         if failed_load:
-            self._failures[item.sha256] = (reason, self._clock() + self.config.failure_ttl_s)
+            self._failures[item.adapter_key] = (reason, self._clock() + self.config.failure_ttl_s)
         wave = self._waves.get(item.wave_id)
-        if wave is not None and wave.engine_of.get(item.sha256) == engine_id:
-            wave.state_of[item.sha256] = ItemState.FAILED
-            wave.reasons[item.sha256] = reason
+        if wave is not None and wave.engine_of.get(item.adapter_key) == engine_id:
+            wave.state_of[item.adapter_key] = ItemState.FAILED
+            wave.reasons[item.adapter_key] = reason
 
     def _wave_move(self, item: LoadItem, source: str, target: str) -> None:
         wave = self._waves.get(item.wave_id)
-        if wave is not None and wave.engine_of.get(item.sha256) == source:
-            wave.engine_of[item.sha256] = target
-            wave.state_of[item.sha256] = ItemState.QUEUED
+        if wave is not None and wave.engine_of.get(item.adapter_key) == source:
+            wave.engine_of[item.adapter_key] = target
+            wave.state_of[item.adapter_key] = ItemState.QUEUED
 
-    def _drop_holder(self, sha256: str, engine_id: str) -> None:
-        holders = self._holders.get(sha256)
+    def _drop_holder(self, adapter_key: str, engine_id: str) -> None:
+        holders = self._holders.get(adapter_key)
         if holders is not None:
             holders.discard(engine_id)
             if not holders:
-                del self._holders[sha256]
+                del self._holders[adapter_key]
 
-    def _count_request(self, sha256: str, now: float) -> int:
+    def _count_request(self, adapter_key: str, now: float) -> int:
         """Requests for the adapter in the last hot_window_s seconds, this one included (per-second
         buckets, as the Redis backend keeps them)."""
         second = int(now)
-        buckets = self._requests.setdefault(sha256, {})
+        buckets = self._requests.setdefault(adapter_key, {})
         for old in [s for s in buckets if s <= second - self.config.hot_window_s]:
             del buckets[old]
         buckets[second] = buckets.get(second, 0) + 1
@@ -342,11 +344,11 @@ class MemoryScheduler:
             return
         self._swept_at = now
         oldest_second = int(now) - self.config.hot_window_s
-        self._assigned = {sha: a for sha, a in self._assigned.items() if a[1] > now}
-        self._requests = {sha: b for sha, b in self._requests.items() if max(b) > oldest_second}
-        self._failures = {sha: f for sha, f in self._failures.items() if f[1] > now}
+        self._assigned = {key: a for key, a in self._assigned.items() if a[1] > now}
+        self._requests = {key: b for key, b in self._requests.items() if max(b) > oldest_second}
+        self._failures = {key: f for key, f in self._failures.items() if f[1] > now}
         for wave_id in [w for w, wave in self._waves.items() if wave.expires <= now]:
             wave = self._waves.pop(wave_id)
-            if self._open.get((wave.base_model, wave.name)) == wave_id:
-                del self._open[(wave.base_model, wave.name)]
+            if self._open.get((wave.base_model, wave.tenant, wave.name)) == wave_id:
+                del self._open[(wave.base_model, wave.tenant, wave.name)]
 

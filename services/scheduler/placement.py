@@ -21,14 +21,14 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from services.scheduler.base import LoadItem
 
 
-def hrw_score(sha256: str, engine_id: str) -> int:
+def hrw_score(adapter_key: str, engine_id: str) -> int:
     """Rendezvous weight of an engine for an adapter: stable across processes (unlike `hash`)."""
-    digest = hashlib.blake2b(f"{sha256}\0{engine_id}".encode(), digest_size=8).digest()
+    digest = hashlib.blake2b(f"{adapter_key}\0{engine_id}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big")
 
 
-def hrw_order(sha256: str, engine_ids: Iterable[str]) -> list[str]:
-    return sorted(engine_ids, key=lambda e: (hrw_score(sha256, e), e), reverse=True)
+def hrw_order(adapter_key: str, engine_ids: Iterable[str]) -> list[str]:
+    return sorted(engine_ids, key=lambda e: (hrw_score(adapter_key, e), e), reverse=True)
 
 
 def load_bound(loads: Mapping[str, float], load_factor: float) -> float:
@@ -37,11 +37,11 @@ def load_bound(loads: Mapping[str, float], load_factor: float) -> float:
     return load_factor * (sum(loads.values()) / len(loads) + 1.0)
 
 
-def bounded_hrw(sha256: str, loads: Mapping[str, float], load_factor: float) -> str:
+def bounded_hrw(adapter_key: str, loads: Mapping[str, float], load_factor: float) -> str:
     """The first engine in the adapter's HRW order whose load is within the bound. One always is: the
     least loaded engine is at most the average, which is below the bound."""
     bound = load_bound(loads, load_factor)
-    return next(e for e in hrw_order(sha256, loads) if loads[e] <= bound)
+    return next(e for e in hrw_order(adapter_key, loads) if loads[e] <= bound)
 
 
 def is_hot(requests_in_window: int, hot_requests: float) -> bool:
@@ -56,14 +56,14 @@ class Choice:
 
 
 def choose_route(
-    sha256: str,
+    adapter_key: str,
     loads: Mapping[str, float],
     holders: Collection[str],
     assigned: str | None,
     hot: bool,
     load_factor: float,
 ) -> Choice:
-    """Where a request for `sha256` goes, given the candidate engines' loads (live, serving the base, not
+    """Where a request for `adapter_key` goes, given the candidate engines' loads (live, serving the base, not
     excluded), the engines holding the adapter, and its recent first placement if any."""
     live_holders = [e for e in holders if e in loads]
     if live_holders:
@@ -71,13 +71,13 @@ def choose_route(
         if hot:
             bound = load_bound(loads, load_factor)
             if loads[best] > bound:  # the least loaded holder is over the bound, so all of them are
-                for engine_id in hrw_order(sha256, loads):
+                for engine_id in hrw_order(adapter_key, loads):
                     if engine_id not in holders and loads[engine_id] <= bound:
                         return Choice(engine_id, resident=False, placed=False)
         return Choice(best, resident=True, placed=False)
     if assigned is not None and assigned in loads:
         return Choice(assigned, resident=False, placed=False)
-    return Choice(bounded_hrw(sha256, loads, load_factor), resident=False, placed=True)
+    return Choice(bounded_hrw(adapter_key, loads, load_factor), resident=False, placed=True)
 
 
 def spread(items: Sequence[LoadItem], free_bytes: Mapping[str, int]) -> list[tuple[LoadItem, str]]:
@@ -89,11 +89,11 @@ def spread(items: Sequence[LoadItem], free_bytes: Mapping[str, int]) -> list[tup
     heap = [(-free, engine_id) for engine_id, free in free_bytes.items()]
     heapq.heapify(heap)
     plan: list[tuple[LoadItem, str]] = []
-    for item in sorted(items, key=lambda i: (-i.size_bytes, i.sha256)):
+    for item in sorted(items, key=lambda i: (-i.size_bytes, i.adapter_key)):
         tied = [heapq.heappop(heap)]
         while heap and heap[0][0] == tied[0][0]:
             tied.append(heapq.heappop(heap))
-        neg_free, engine_id = max(tied, key=lambda t: (hrw_score(item.sha256, t[1]), t[1]))
+        neg_free, engine_id = max(tied, key=lambda t: (hrw_score(item.adapter_key, t[1]), t[1]))
         for other in tied:
             if other[1] != engine_id:
                 heapq.heappush(heap, other)

@@ -10,21 +10,24 @@ Key layout (all under `prefix`):
     engine:seen                zset  engine id -> last heartbeat (unix s); the reaper's index
     engine:load                hash  engine id -> [running, waiting, tokens_per_s] (JSON)
     engine:base:<base>         set   engine ids serving a base model
-    resident:<engine>          set   sha256s the engine holds (its last report, plus acked loads)
-    holders:<sha256>           set   engine ids holding the adapter (the reverse index)
-    assigned:<sha256>          str   engine of the adapter's first placement (TTL assignment_ttl_s)
-    requests:<sha256>:<second> int   requests routed in that second (TTL hot_window_s + 1)
+    resident:<engine>          set   adapter keys the engine holds (its last report, plus acked loads)
+    holders:<adapter key>      set   engine ids holding the adapter (the reverse index)
+    assigned:<adapter key>     str   engine of the adapter's first placement (TTL assignment_ttl_s)
+    requests:<adapter key>:<second>
+                               int   requests routed in that second (TTL hot_window_s + 1)
     loads:<engine>             stream, group "loaders", consumer = engine id; one entry per load
     loads:dead                 stream of loads that failed max_attempts times, with reason and engine
     reaped                     zset  [detached stream, engine, base] (JSON) -> when its drain started
     reaped:<engine>:<token>    a removed engine's stream, detached until its loads are re-placed
-    failure:<sha256>           str   why the adapter could not be loaded (TTL failure_ttl_s)
-    wave:<id>                  hash  name, base_model
-    wave:<id>:engine           hash  sha256 -> engine the item is placed on
-    wave:<id>:state            hash  sha256 -> queued | resident | failed:<reason>
-    wave:<id>:item             hash  sha256 -> the item (JSON), to load it again if its engine dies
+    failure:<adapter key>      str   why the adapter could not be loaded (TTL failure_ttl_s); names no address
+    wave:<id>                  hash  name, base_model, tenant (whose wave it is)
+    wave:<id>:engine           hash  adapter key -> engine the item is placed on
+    wave:<id>:state            hash  adapter key -> queued | resident | failed:<reason>
+    wave:<id>:item             hash  adapter key -> the item (JSON), to load it again if its engine dies
     wave:<id>:bytes            hash  engine id -> bytes of the wave placed there
-    waves:<base>               hash  wave name -> id of the open wave of that name
+    waves:<base>               hash  <tenant>/<wave name> -> id of the tenant's open wave of that name
+
+Adapter keys (services/engine/identity.py) are `<sha256>:<config digest>`.
 
 Wave keys expire after wave_ttl_s (Redis time); everything else keyed by engine is removed with it.
 """
@@ -182,16 +185,16 @@ class RedisScheduler:
 
     # --- placement and routing -------------------------------------------------------------------------
     @_translated
-    def set_resident(self, engine_id: str, sha256s: Iterable[str]) -> None:
+    def set_resident(self, engine_id: str, adapter_keys: Iterable[str]) -> None:
         keys = [self._key("engine", "info"), self._key("resident", engine_id)]
-        self._set_resident(keys, [engine_id, self._key("holders", ""), *set(sha256s)])
+        self._set_resident(keys, [engine_id, self._key("holders", ""), *set(adapter_keys)])
 
     @_translated
-    def holders(self, sha256: str) -> list[str]:
-        return sorted(e.decode() for e in self.redis.smembers(self._key("holders", sha256)))
+    def holders(self, adapter_key: str) -> list[str]:
+        return sorted(e.decode() for e in self.redis.smembers(self._key("holders", adapter_key)))
 
     @_translated
-    def route(self, sha256: str, base_model: str, exclude: frozenset[str] = frozenset()) -> Route:
+    def route(self, adapter_key: str, base_model: str, exclude: frozenset[str] = frozenset()) -> Route:
         now = self._clock()
         window = self.config.hot_window_s
         keys = [
@@ -199,9 +202,9 @@ class RedisScheduler:
             self._key("engine", "seen"),
             self._key("engine", "load"),
             self._key("engine", "info"),
-            self._key("holders", sha256),
-            self._key("assigned", sha256),
-            *(self._key("requests", sha256, str(int(now) - i)) for i in range(window)),
+            self._key("holders", adapter_key),
+            self._key("assigned", adapter_key),
+            *(self._key("requests", adapter_key, str(int(now) - i)) for i in range(window)),
         ]
         cutoff = repr(now - self.config.dead_after_s)
         live, raw_loads, raw_infos, holders, assigned, requests = self._route_state(keys, [cutoff, window + 1])
@@ -213,7 +216,7 @@ class RedisScheduler:
         if not loads:
             raise no_engine(base_model, exclude)
         choice = placement.choose_route(
-            sha256,
+            adapter_key,
             loads,
             {h.decode() for h in holders},
             assigned.decode() or None,
@@ -224,60 +227,60 @@ class RedisScheduler:
         if choice.placed:
             ttl_ms = max(1, int(self.config.assignment_ttl_s * 1000))
             # Set-if-absent: of gateways placing the same new adapter at once, the first one wins.
-            earlier = self.redis.set(self._key("assigned", sha256), engine_id, nx=True, get=True, px=ttl_ms)
+            earlier = self.redis.set(self._key("assigned", adapter_key), engine_id, nx=True, get=True, px=ttl_ms)
             if earlier is not None and earlier.decode() in loads:
                 engine_id = earlier.decode()
         return Route(engine_id, json.loads(infos[engine_id])["address"], choice.resident)
 
     # --- waves -----------------------------------------------------------------------------------------
     @_translated
-    def activate_wave(self, name: str, base_model: str, items: list[LoadItem]) -> str:
+    def activate_wave(self, name: str, base_model: str, items: list[LoadItem], tenant: str) -> str:
         wave_id = uuid.uuid4().hex
         items = distinct(items, wave_id)
-        free = self._free_bytes(base_model, replacing=name)
+        free = self._free_bytes(base_model, replacing=_open_field(tenant, name))
         if not free:
             raise no_engine(base_model, frozenset())
         plan = placement.spread(items, free)
         ttl_ms = int(self.config.wave_ttl_s * 1000)
         wave = self._key("wave", wave_id)
         pipe = self.redis.pipeline()
-        pipe.hset(wave, mapping={"name": name, "base_model": base_model})
+        pipe.hset(wave, mapping={"name": name, "base_model": base_model, "tenant": tenant})
         if plan:
             placed_bytes: dict[str, int] = {}
             for item, engine_id in plan:
                 placed_bytes[engine_id] = placed_bytes.get(engine_id, 0) + item.size_bytes
-            pipe.hset(f"{wave}:engine", mapping={item.sha256: engine_id for item, engine_id in plan})
-            pipe.hset(f"{wave}:state", mapping={item.sha256: ItemState.QUEUED.value for item in items})
-            pipe.hset(f"{wave}:item", mapping={item.sha256: _encode_wave_item(item) for item in items})
+            pipe.hset(f"{wave}:engine", mapping={item.adapter_key: engine_id for item, engine_id in plan})
+            pipe.hset(f"{wave}:state", mapping={item.adapter_key: ItemState.QUEUED.value for item in items})
+            pipe.hset(f"{wave}:item", mapping={item.adapter_key: _encode_wave_item(item) for item in items})
             pipe.hset(f"{wave}:bytes", mapping=placed_bytes)
         for key in (wave, f"{wave}:engine", f"{wave}:state", f"{wave}:item", f"{wave}:bytes"):
             pipe.pexpire(key, ttl_ms)
-        pipe.hset(self._key("waves", base_model), name, wave_id)
+        pipe.hset(self._key("waves", base_model), _open_field(tenant, name), wave_id)
         pipe.pexpire(self._key("waves", base_model), ttl_ms)
         queued = [self._enqueue_in(pipe, engine_id, item) for item, engine_id in plan]
         self._commit(pipe, queued)
         return wave_id
 
     @_translated
-    def wave_status(self, wave_id: str) -> WaveStatus:
+    def wave_status(self, wave_id: str, tenant: str | None) -> WaveStatus:
         wave = self._key("wave", wave_id)
         pipe = self.redis.pipeline(transaction=False)
         for key in (wave, f"{wave}:engine", f"{wave}:state", f"{wave}:bytes"):
             pipe.hgetall(key)
         pipe.zrangebyscore(self._key("engine", "seen"), self._cutoff(), "+inf")
         meta, engine_of, state_of, placed_bytes, live = pipe.execute()
-        if not meta:
+        if not meta or tenant not in (None, meta[b"tenant"].decode()):
             raise no_wave(wave_id, self.config.wave_ttl_s)
         states, reasons = {}, {}
-        for sha, raw in state_of.items():
+        for adapter_key, raw in state_of.items():
             state, _, reason = raw.decode().partition(":")
-            states[sha.decode()] = ItemState(state)
+            states[adapter_key.decode()] = ItemState(state)
             if reason:
-                reasons[sha.decode()] = reason
+                reasons[adapter_key.decode()] = reason
         return summarize(
             wave_id,
             meta[b"name"].decode(),
-            {sha.decode(): engine_id.decode() for sha, engine_id in engine_of.items()},
+            {adapter_key.decode(): engine_id.decode() for adapter_key, engine_id in engine_of.items()},
             states,
             {engine_id.decode(): int(n) for engine_id, n in placed_bytes.items()},
             reasons,
@@ -322,10 +325,10 @@ class RedisScheduler:
             keys = [
                 self._key("engine", "info"),
                 self._key("resident", engine_id),
-                self._key("holders", item.sha256),
-                self._key("failure", item.sha256),
+                self._key("holders", item.adapter_key),
+                self._key("failure", item.adapter_key),
             ]
-            self._loaded(keys, [engine_id, item.sha256], client=pipe)
+            self._loaded(keys, [engine_id, item.adapter_key], client=pipe)
             self._wave_item_in(pipe, item, engine_id, ItemState.RESIDENT.value, engine_id)
             pipe.execute()
             return
@@ -346,8 +349,8 @@ class RedisScheduler:
         pipe.execute()
 
     @_translated
-    def load_failure(self, sha256: str) -> str | None:
-        reason = self.redis.get(self._key("failure", sha256))
+    def load_failure(self, adapter_key: str) -> str | None:
+        reason = self.redis.get(self._key("failure", adapter_key))
         return reason.decode() if reason is not None else None
 
     # --- internals -------------------------------------------------------------------------------------
@@ -411,27 +414,27 @@ class RedisScheduler:
         replies = pipe.execute()
         wanted: dict[str, list[bytes]] = {}
         for wave_id, engine_of, state_of in zip(wave_ids, replies[::2], replies[1::2], strict=True):
-            shas = [
-                sha for sha, holder in engine_of.items()
-                if holder.decode() == engine_id and state_of.get(sha) == ItemState.RESIDENT.value.encode()
+            adapter_keys = [
+                adapter_key for adapter_key, holder in engine_of.items()
+                if holder.decode() == engine_id and state_of.get(adapter_key) == ItemState.RESIDENT.value.encode()
             ]
-            if shas:
-                wanted[wave_id] = shas
+            if adapter_keys:
+                wanted[wave_id] = adapter_keys
         if not wanted:
             return []
         pipe = self.redis.pipeline(transaction=False)
-        for wave_id, shas in wanted.items():
-            pipe.hmget(self._key("wave", wave_id, "item"), shas)
+        for wave_id, adapter_keys in wanted.items():
+            pipe.hmget(self._key("wave", wave_id, "item"), adapter_keys)
         return [
-            _decode_wave_item(sha.decode(), raw, wave_id)
-            for (wave_id, shas), raws in zip(wanted.items(), pipe.execute(), strict=True)
-            for sha, raw in zip(shas, raws, strict=True)
+            _decode_wave_item(adapter_key.decode(), raw, wave_id)
+            for (wave_id, adapter_keys), raws in zip(wanted.items(), pipe.execute(), strict=True)
+            for adapter_key, raw in zip(adapter_keys, raws, strict=True)
             if raw is not None
         ]
 
     def _free_bytes(self, base_model: str, replacing: str | None = None) -> dict[str, int]:
         """Host capacity left on each live engine of the base after the bytes its open waves placed
-        there (the wave named `replacing` excluded: the new wave of that name takes its place)."""
+        there (the open wave `replacing`, a `_open_field`, excluded: the new wave of that name takes its place)."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.smembers(self._key("engine", "base", base_model))
         pipe.zrangebyscore(self._key("engine", "seen"), self._cutoff(), "+inf")
@@ -440,7 +443,7 @@ class RedisScheduler:
         engine_ids = sorted(e.decode() for e in members & set(live))
         if not engine_ids:
             return {}
-        waves = {name.decode(): wave_id.decode() for name, wave_id in open_waves.items()}
+        waves = {field.decode(): wave_id.decode() for field, wave_id in open_waves.items()}
         waves.pop(replacing, None)
         pipe = self.redis.pipeline(transaction=False)
         pipe.hmget(self._key("engine", "info"), engine_ids)
@@ -449,9 +452,9 @@ class RedisScheduler:
             pipe.hgetall(self._key("wave", wave_id, "bytes"))
         infos, *replies = pipe.execute()
         claimed: dict[str, int] = {}
-        for (name, wave_id), exists, placed in zip(waves.items(), replies[::2], replies[1::2], strict=True):
+        for (field, wave_id), exists, placed in zip(waves.items(), replies[::2], replies[1::2], strict=True):
             if not exists:
-                self._close_wave([self._key("waves", base_model)], [name, wave_id])
+                self._close_wave([self._key("waves", base_model)], [field, wave_id])
             for engine_id, n in placed.items():
                 claimed[engine_id.decode()] = claimed.get(engine_id.decode(), 0) + int(n)
         return {
@@ -501,18 +504,23 @@ class RedisScheduler:
             return
         wave = self._key("wave", item.wave_id)
         keys = [f"{wave}:engine", f"{wave}:state", f"{wave}:bytes"]
-        args = [item.sha256, engine_id, state, target, item.size_bytes, -item.size_bytes]
+        args = [item.adapter_key, engine_id, state, target, item.size_bytes, -item.size_bytes]
         self._wave_item(keys, args, client=pipe)
 
     def _dead_letter_in(self, pipe: Pipeline, engine_id: str, item: LoadItem, reason: str, *, failed_load: bool = True) -> None:
         """Give up on a load. Only a load that itself failed marks the adapter failed for requesters; one
         orphaned because no engine was left says nothing about the adapter."""
-        log.warning("load of %s dead-lettered (last on %s): %s", item.sha256, engine_id, reason)
+        log.warning("load of %s dead-lettered (last on %s): %s", item.adapter_key, engine_id, reason)
         fields = {**_encode_item(item), "reason": reason, "engine": engine_id}
         pipe.xadd(self._key("loads", "dead"), fields, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
         if failed_load:
-            pipe.set(self._key("failure", item.sha256), reason, px=max(1, int(self.config.failure_ttl_s * 1000)))
+            pipe.set(self._key("failure", item.adapter_key), reason, px=max(1, int(self.config.failure_ttl_s * 1000)))
         self._wave_item_in(pipe, item, engine_id, f"{ItemState.FAILED.value}:{reason}", engine_id)
+
+
+def _open_field(tenant: str, name: str) -> str:
+    """A tenant's open wave's field in waves:<base>: tenant names hold no "/" (mint.names)."""
+    return f"{tenant}/{name}"
 
 
 def _encode_load(load: EngineLoad) -> str:
@@ -525,7 +533,7 @@ def _decode_load(raw: bytes | None) -> EngineLoad:
 
 def _encode_item(item: LoadItem) -> dict[str, str | bytes | int]:
     return {
-        "sha256": item.sha256,
+        "adapter_key": item.adapter_key,
         "size_bytes": item.size_bytes,
         "adapter": item.adapter,
         "wave_id": item.wave_id,
@@ -535,7 +543,7 @@ def _encode_item(item: LoadItem) -> dict[str, str | bytes | int]:
 
 def _decode_item(fields: dict[bytes, bytes]) -> LoadItem:
     return LoadItem(
-        sha256=fields[b"sha256"].decode(),
+        adapter_key=fields[b"adapter_key"].decode(),
         size_bytes=int(fields[b"size_bytes"]),
         adapter=fields[b"adapter"],
         wave_id=fields[b"wave_id"].decode(),
@@ -551,6 +559,6 @@ def _encode_wave_item(item: LoadItem) -> str:
     return json.dumps({"size_bytes": item.size_bytes, "adapter": base64.b64encode(item.adapter).decode()})
 
 
-def _decode_wave_item(sha256: str, raw: bytes, wave_id: str) -> LoadItem:
+def _decode_wave_item(adapter_key: str, raw: bytes, wave_id: str) -> LoadItem:
     fields = json.loads(raw)
-    return LoadItem(sha256, fields["size_bytes"], base64.b64decode(fields["adapter"]), wave_id=wave_id)
+    return LoadItem(adapter_key, fields["size_bytes"], base64.b64decode(fields["adapter"]), wave_id=wave_id)

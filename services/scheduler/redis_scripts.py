@@ -15,7 +15,7 @@ redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
 return 1
 """
 
-# KEYS: engine:info, resident:<engine>. ARGV: engine id, holders key prefix, sha256...
+# KEYS: engine:info, resident:<engine>. ARGV: engine id, holders key prefix, adapter key...
 # Replaces the engine's resident set, touching the reverse index only for what changed; -1 when the
 # engine is unknown (it registers again at its next heartbeat and reports again).
 SET_RESIDENT = """
@@ -94,7 +94,7 @@ end
 return redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
 """
 
-# KEYS: engine:info, resident:<engine>, holders:<sha>, failure:<sha>. ARGV: engine id, sha256.
+# KEYS: engine:info, resident:<engine>, holders:<adapter key>, failure:<adapter key>. ARGV: engine id, adapter key.
 # A load finished: the engine holds the adapter from now on (not only from its next report), and an
 # earlier failure of the adapter is forgotten.
 LOADED = """
@@ -106,7 +106,7 @@ redis.call('DEL', KEYS[4])
 return 1
 """
 
-# KEYS: wave:<id>:engine, wave:<id>:state, wave:<id>:bytes. ARGV: sha256, engine the item is on, new
+# KEYS: wave:<id>:engine, wave:<id>:state, wave:<id>:bytes. ARGV: adapter key, engine the item is on, new
 # state, engine it goes to (the same when it stays), size, -size.
 # Updates one wave item only if it is still where the caller saw it: an ack from an engine that no
 # longer owns the item (re-placed meanwhile) changes nothing. Writes only to existing hashes, so an
@@ -122,14 +122,14 @@ end
 return 1
 """
 
-# KEYS: waves:<base>. ARGV: wave name, wave id.
+# KEYS: waves:<base>. ARGV: the open wave's field (<tenant>/<name>), wave id.
 # Forgets an expired open wave unless a new wave of the same name has replaced it meanwhile.
 CLOSE_WAVE = """
 if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
 return 0
 """
 
-# KEYS: engine:base:<base>, engine:seen, engine:load, engine:info, holders:<sha>, assigned:<sha>, then the
+# KEYS: engine:base:<base>, engine:seen, engine:load, engine:info, holders:<adapter key>, assigned:<adapter key>, then the
 #       adapter's request counters from this second back over the hot window. ARGV: cutoff, counter ttl (s).
 # Everything routing needs in one round trip: the live engines of the base with their loads and infos
 # (addresses), the adapter's holders and recent assignment, and its requests in the window counting this one.

@@ -28,8 +28,8 @@ def distinct(items: Iterable[LoadItem], wave_id: str) -> list[LoadItem]:
     """The wave's items, one per adapter (the first wins), each tagged with the wave so acks find it."""
     seen: dict[str, LoadItem] = {}
     for item in items:
-        if item.sha256 not in seen:
-            seen[item.sha256] = LoadItem(item.sha256, item.size_bytes, item.adapter, wave_id=wave_id)
+        if item.adapter_key not in seen:
+            seen[item.adapter_key] = LoadItem(item.adapter_key, item.size_bytes, item.adapter, wave_id=wave_id)
     return list(seen.values())
 
 
@@ -46,9 +46,9 @@ def summarize(
     its items, the wave must not report ready on adapters that nothing alive holds."""
     adapters: collections.Counter[str] = collections.Counter(engine_of.values())
     resident: collections.Counter[str] = collections.Counter(
-        engine_of[sha] for sha, state in state_of.items() if state is ItemState.RESIDENT and engine_of[sha] in live
+        engine_of[key] for key, state in state_of.items() if state is ItemState.RESIDENT and engine_of[key] in live
     )
-    failed = sorted(sha for sha, state in state_of.items() if state is ItemState.FAILED)
+    failed = sorted(key for key, state in state_of.items() if state is ItemState.FAILED)
     shares = tuple(
         WaveShare(engine, adapters=n, bytes=bytes_by_engine.get(engine, 0), resident=resident[engine])
         for engine, n in sorted(adapters.items())
@@ -60,6 +60,6 @@ def summarize(
         resident=sum(resident.values()),
         failed=len(failed),
         engines=shares,
-        failures=tuple(f"{sha}: {reasons.get(sha, 'unknown')}" for sha in failed[:MAX_REPORTED_FAILURES]),
+        failures=tuple(f"{key}: {reasons.get(key, 'unknown')}" for key in failed[:MAX_REPORTED_FAILURES]),
     )
 

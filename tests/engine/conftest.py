@@ -61,7 +61,7 @@ def publish(source: MemorySource, weights: AdapterWeights, name: str = "t/p@1") 
 def wait_resident(engine: Engine, spec: AdapterSpec, timeout_s: float = 30) -> None:
     engine.residency.prefetch(spec).result(timeout_s)
     deadline = time.monotonic() + timeout_s
-    while engine.residency.tier_of(spec.sha256) != "device":
+    while engine.residency.tier_of(spec.key) != "device":
         assert time.monotonic() < deadline, f"{spec.address} never reached a slot"
         time.sleep(0.01)
 

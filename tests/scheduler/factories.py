@@ -1,4 +1,4 @@
-"""Building blocks for scheduler tests: a clock tests move by hand, adapters, engines."""
+"""Building blocks for scheduler tests: a clock tests move by hand, adapters (by key), engines."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import hashlib
 
 import redis
 
+from services.engine.identity import adapter_key
 from services.scheduler import EngineInfo, LoadItem
 
 GiB = 1024**3
+TENANT = "acme"  # whose waves the tests activate
 
 
 class FakeClock:
@@ -30,12 +32,13 @@ def delete_prefix(client: redis.Redis, prefix: str) -> None:
         client.delete(*keys)
 
 
-def sha(i: int | str) -> str:
-    return hashlib.sha256(str(i).encode()).hexdigest()
+def key(i: int | str) -> str:
+    """The adapter key of test adapter `i`: the form engines and gateways use (sha256:config digest)."""
+    return adapter_key(hashlib.sha256(str(i).encode()).hexdigest(), 4, 8.0, False, ("q_proj", "v_proj"))
 
 
 def item(i: int | str, size_bytes: int = 1000) -> LoadItem:
-    return LoadItem(sha256=sha(i), size_bytes=size_bytes, adapter=f"adapter-ref-{i}".encode())
+    return LoadItem(adapter_key=key(i), size_bytes=size_bytes, adapter=f"adapter-ref-{i}".encode())
 
 
 def add_engine(scheduler, engine_id: str, base_model: str = "tiny", host_bytes: int = 64 * GiB) -> EngineInfo:
