@@ -72,8 +72,24 @@ class SamplingParams:
         )
 
 
+# Each Adam parameter's valid values: (low, high, whether low is valid, whether high is valid). Steps
+# outside them turn weights into NaN (a non-positive eps divides by zero, a beta of 1 never forgets) or
+# throw them far off (AdamW moves each weight by up to about learning_rate a step, and shrinks it by
+# learning_rate * weight_decay).
+ADAM_RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "learning_rate": (0.0, 1.0, False, True),
+    "beta1": (0.0, 1.0, True, False),
+    "beta2": (0.0, 1.0, True, False),
+    "eps": (0.0, 1.0, False, True),
+    "weight_decay": (0.0, 1.0, True, True),
+    "grad_clip_norm": (0.0, math.inf, True, False),
+}
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class AdamParams:
+    """AdamW's parameters. The defaults are the ones an unset field of the proto takes (trainer.proto)."""
+
     learning_rate: float = 1e-4
     beta1: float = 0.9
     beta2: float = 0.95
@@ -82,20 +98,23 @@ class AdamParams:
     grad_clip_norm: float = 0.0  # 0: no clipping
 
     def check(self) -> None:
-        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise invalid(f"learning_rate must be positive, got {self.learning_rate}")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise invalid(f"betas must be in [0, 1), got ({self.beta1}, {self.beta2})")
-        if self.eps <= 0 or self.weight_decay < 0 or self.grad_clip_norm < 0:
-            raise invalid("eps must be > 0; weight_decay and grad_clip_norm must be >= 0")
+        """INVALID_ARGUMENT naming the first field outside its range (ADAM_RANGES), its value and the range."""
+        for name, (low, high, low_valid, high_valid) in ADAM_RANGES.items():
+            value = getattr(self, name)
+            above = low <= value if low_valid else low < value
+            below = value <= high if high_valid else value < high
+            if not (math.isfinite(value) and above and below):
+                valid = f"{'[' if low_valid else '('}{low:g}, {high:g}{']' if high_valid else ')'}"
+                raise invalid(f"adam_params.{name} is {value}; it must be a finite number in {valid}")
 
     def to_proto(self) -> trainer_pb2.AdamParams:
         return trainer_pb2.AdamParams(**dataclasses.asdict(self))
 
     @classmethod
     def from_proto(cls, p: trainer_pb2.AdamParams) -> AdamParams:
-        """Unset (zero) fields take the defaults, except weight decay and clipping, where 0 means off."""
-        return cls(
-            learning_rate=p.learning_rate or cls.learning_rate, beta1=p.beta1 or cls.beta1, beta2=p.beta2 or cls.beta2,
-            eps=p.eps or cls.eps, weight_decay=p.weight_decay, grad_clip_norm=p.grad_clip_norm,
-        )
+        """Checked parameters from a request: each unset field (proto3 JSON clients leave out the ones they
+        think are defaults) takes the default, each set one is checked, 0 included."""
+        defaults = cls()
+        params = cls(**{f.name: getattr(p if p.HasField(f.name) else defaults, f.name) for f in dataclasses.fields(cls)})
+        params.check()
+        return params

@@ -453,6 +453,11 @@ Global___ForwardBackwardResponse: _TypeAlias = ForwardBackwardResponse  # noqa: 
 
 @_typing.final
 class AdamParams(_message.Message):
+    """AdamW (decoupled weight decay). A field left unset (as proto3 JSON clients leave out what they take for a
+    default) takes the default below; a set field, 0 included, must lie in its range (INVALID_ARGUMENT naming
+    it otherwise). Fields are `optional` so that an unset field and a 0 stay apart.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LEARNING_RATE_FIELD_NUMBER: _builtins.int
@@ -462,27 +467,55 @@ class AdamParams(_message.Message):
     WEIGHT_DECAY_FIELD_NUMBER: _builtins.int
     GRAD_CLIP_NORM_FIELD_NUMBER: _builtins.int
     learning_rate: _builtins.float
+    """(0, 1]; default 1e-4"""
     beta1: _builtins.float
+    """[0, 1); default 0.9"""
     beta2: _builtins.float
+    """[0, 1); default 0.95"""
     eps: _builtins.float
+    """(0, 1]; default 1e-8"""
     weight_decay: _builtins.float
+    """[0, 1]; default 0 (off)"""
     grad_clip_norm: _builtins.float
-    """0: no clipping"""
+    """[0, inf); default 0 (no clipping)"""
     def __init__(
         self,
         *,
-        learning_rate: _builtins.float = ...,
-        beta1: _builtins.float = ...,
-        beta2: _builtins.float = ...,
-        eps: _builtins.float = ...,
-        weight_decay: _builtins.float = ...,
-        grad_clip_norm: _builtins.float = ...,
+        learning_rate: _builtins.float | None = ...,
+        beta1: _builtins.float | None = ...,
+        beta2: _builtins.float | None = ...,
+        eps: _builtins.float | None = ...,
+        weight_decay: _builtins.float | None = ...,
+        grad_clip_norm: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_beta1", b"_beta1", "_beta2", b"_beta2", "_eps", b"_eps", "_grad_clip_norm", b"_grad_clip_norm", "_learning_rate", b"_learning_rate", "_weight_decay", b"_weight_decay", "beta1", b"beta1", "beta2", b"beta2", "eps", b"eps", "grad_clip_norm", b"grad_clip_norm", "learning_rate", b"learning_rate", "weight_decay", b"weight_decay"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["beta1", b"beta1", "beta2", b"beta2", "eps", b"eps", "grad_clip_norm", b"grad_clip_norm", "learning_rate", b"learning_rate", "weight_decay", b"weight_decay"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_beta1", b"_beta1", "_beta2", b"_beta2", "_eps", b"_eps", "_grad_clip_norm", b"_grad_clip_norm", "_learning_rate", b"_learning_rate", "_weight_decay", b"_weight_decay", "beta1", b"beta1", "beta2", b"beta2", "eps", b"eps", "grad_clip_norm", b"grad_clip_norm", "learning_rate", b"learning_rate", "weight_decay", b"weight_decay"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__beta1: _TypeAlias = _typing.Literal["beta1"]  # noqa: Y015
+    _WhichOneofArgType__beta1: _TypeAlias = _typing.Literal["_beta1", b"_beta1"]  # noqa: Y015
+    _WhichOneofReturnType__beta2: _TypeAlias = _typing.Literal["beta2"]  # noqa: Y015
+    _WhichOneofArgType__beta2: _TypeAlias = _typing.Literal["_beta2", b"_beta2"]  # noqa: Y015
+    _WhichOneofReturnType__eps: _TypeAlias = _typing.Literal["eps"]  # noqa: Y015
+    _WhichOneofArgType__eps: _TypeAlias = _typing.Literal["_eps", b"_eps"]  # noqa: Y015
+    _WhichOneofReturnType__grad_clip_norm: _TypeAlias = _typing.Literal["grad_clip_norm"]  # noqa: Y015
+    _WhichOneofArgType__grad_clip_norm: _TypeAlias = _typing.Literal["_grad_clip_norm", b"_grad_clip_norm"]  # noqa: Y015
+    _WhichOneofReturnType__learning_rate: _TypeAlias = _typing.Literal["learning_rate"]  # noqa: Y015
+    _WhichOneofArgType__learning_rate: _TypeAlias = _typing.Literal["_learning_rate", b"_learning_rate"]  # noqa: Y015
+    _WhichOneofReturnType__weight_decay: _TypeAlias = _typing.Literal["weight_decay"]  # noqa: Y015
+    _WhichOneofArgType__weight_decay: _TypeAlias = _typing.Literal["_weight_decay", b"_weight_decay"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__beta1) -> _WhichOneofReturnType__beta1 | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__beta2) -> _WhichOneofReturnType__beta2 | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__eps) -> _WhichOneofReturnType__eps | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__grad_clip_norm) -> _WhichOneofReturnType__grad_clip_norm | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__learning_rate) -> _WhichOneofReturnType__learning_rate | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__weight_decay) -> _WhichOneofReturnType__weight_decay | None: ...
 
 Global___AdamParams: _TypeAlias = AdamParams  # noqa: Y015
 
