@@ -22,6 +22,7 @@ class TrainerConfig:
     # Bounds a pass's activations and logits (~2.3 MB a token at the SmolLM2 shape): peak memory stays flat
     # however many sessions join, and smaller passes let some policies sample while others train.
     max_tokens_per_pass: int = 1024
+    max_tokens_per_call: int = 65_536  # all of one forward_backward's data (it runs as several passes)
     address: str = "127.0.0.1:0"
     catalog_address: str = ""       # where revisions are published
     api_key: str = ""               # a service key: publishes for the session's tenant
@@ -43,6 +44,7 @@ class TrainerConfig:
             "dtype": ("MINT_DTYPE", str),
             "state_dir": ("MINT_TRAINER_STATE_DIR", str),
             "max_tokens_per_pass": ("MINT_MAX_TOKENS_PER_PASS", int),
+            "max_tokens_per_call": ("MINT_MAX_TOKENS_PER_CALL", int),
             "address": ("MINT_TRAINER_ADDRESS", str),
             "catalog_address": ("MINT_CATALOG_URL", str),
             "api_key": ("MINT_SERVICE_KEY", str),

@@ -17,42 +17,78 @@ import torch
 
 from mint.errors import invalid
 
-LOSSES = ("cross_entropy", "importance_sampling", "ppo")
+# What each loss reads from a datum's loss_fn_inputs: the inputs it needs, then those it may take. Every input
+# holds one value per input token.
+LOSS_INPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "cross_entropy": (("target_tokens",), ("weights",)),
+    "importance_sampling": (("target_tokens", "logprobs", "advantages"), ("weights",)),
+    "ppo": (("target_tokens", "logprobs", "advantages"), ("weights",)),
+}
+LOSSES = tuple(LOSS_INPUTS)
+INT_INPUTS = ("target_tokens",)
+FLOAT_INPUTS = ("weights", "logprobs", "advantages")
+# loss_fn_config keys per loss, and each key's valid range [low, high): ppo clips the ratio to
+# [1 - clip_low, 1 + clip_high], so clip_low below 1 keeps the lower bound positive.
+LOSS_CONFIG: dict[str, dict[str, tuple[float, float]]] = {
+    "cross_entropy": {},
+    "importance_sampling": {},
+    "ppo": {"clip_low": (0.0, 1.0), "clip_high": (0.0, math.inf)},
+}
 
 
 @dataclasses.dataclass(slots=True)
 class Datum:
     tokens: list[int]
-    target_tokens: list[int]
+    target_tokens: list[int] | None = None
     weights: list[float] | None = None
     logprobs: list[float] | None = None
     advantages: list[float] | None = None
 
-    def check(self, loss_fn: str, vocab_size: int) -> None:
+    def check(self, loss_fn: str, vocab_size: int, index: int = 0) -> None:
+        """INVALID_ARGUMENT naming datum `index`, the input and what was expected, for anything the pass could
+        not run on: a call is checked whole before it joins a batch, so it cannot fail its batch-mates."""
+        where = f"datum {index}"
         n = len(self.tokens)
         if n == 0:
-            raise invalid("a datum needs at least one token")
-        if any(not 0 <= t < vocab_size for t in self.tokens + self.target_tokens):
-            raise invalid(f"token ids must be in 0..{vocab_size - 1}")
-        need = {"cross_entropy": ("target_tokens",), "importance_sampling": ("target_tokens", "logprobs", "advantages"), "ppo": ("target_tokens", "logprobs", "advantages")}
-        for key in need[loss_fn]:
-            value = getattr(self, key)
-            if value is None:
-                raise invalid(f"loss {loss_fn} needs loss_fn_inputs[{key!r}]")
-            if len(value) != n:
-                raise invalid(f"loss_fn_inputs[{key!r}] has {len(value)} values for {n} tokens")
-        for key in ("weights", "logprobs", "advantages"):
-            value = getattr(self, key)
-            if value is not None and not all(math.isfinite(v) for v in value):
-                raise invalid(f"loss_fn_inputs[{key!r}] must be finite")
+            raise invalid(f"{where}: tokens is empty; a datum needs at least one token")
+        _check_ids(f"{where}: tokens", self.tokens, vocab_size)
+        needed, optional = LOSS_INPUTS[loss_fn]
+        for key in (*INT_INPUTS, *FLOAT_INPUTS):
+            values = getattr(self, key)
+            if values is None:
+                if key in needed:
+                    raise invalid(f"{where}: loss {loss_fn} needs loss_fn_inputs[{key!r}], one value per token")
+                continue
+            if key not in needed + optional:
+                raise invalid(f"{where}: loss {loss_fn} takes no loss_fn_inputs[{key!r}]; it takes {', '.join(needed + optional)}")
+            if len(values) != n:
+                raise invalid(f"{where}: loss_fn_inputs[{key!r}] has {len(values)} values; expected {n}, one per token")
+            if key in INT_INPUTS:
+                _check_ids(f"{where}: loss_fn_inputs[{key!r}]", values, vocab_size)
+            else:
+                bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+                if bad is not None:
+                    raise invalid(f"{where}: loss_fn_inputs[{key!r}][{bad}] is {values[bad]}; values must be finite")
+
+
+def _check_ids(what: str, ids: list[int], vocab_size: int) -> None:
+    bad = next((i for i, t in enumerate(ids) if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise invalid(f"{what}[{bad}] is {ids[bad]}; token ids must be in 0..{vocab_size - 1}")
 
 
 def check_loss(loss_fn: str, config: dict[str, float]) -> None:
     if loss_fn not in LOSSES:
         raise invalid(f"unknown loss_fn {loss_fn!r}; expected one of {LOSSES}")
-    unknown = set(config) - {"clip_low", "clip_high"}
+    ranges = LOSS_CONFIG[loss_fn]
+    unknown = sorted(set(config) - set(ranges))
     if unknown:
-        raise invalid(f"unknown loss_fn_config keys {sorted(unknown)}; ppo takes clip_low and clip_high")
+        takes = f"it takes {', '.join(ranges)}" if ranges else "it takes none"
+        raise invalid(f"unknown loss_fn_config keys {unknown} for loss {loss_fn}; {takes}")
+    for key, value in config.items():
+        low, high = ranges[key]
+        if not (math.isfinite(value) and low <= value < high):
+            raise invalid(f"loss_fn_config[{key!r}] is {value}; it must be a finite number in [{low:g}, {high:g})")
 
 
 def datum_loss(loss_fn: str, config: dict[str, float], logp: torch.Tensor, datum: Datum) -> torch.Tensor:

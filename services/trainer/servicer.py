@@ -7,26 +7,28 @@ from mint.errors import Code, MintError, invalid
 from mint.names import PolicyName
 from mint.params import AdamParams
 from mint.proto import common_pb2, trainer_pb2, trainer_pb2_grpc
-from services.trainer.losses import Datum
+from services.trainer.losses import FLOAT_INPUTS, INT_INPUTS, Datum
 from services.trainer.recipe_jobs import RecipeJob
 from services.trainer.session import Session
 from services.trainer.trainer import PassResult, Trainer
 
-_FLOAT_INPUTS = ("weights", "logprobs", "advantages")
 
-
-def datum_from_pb(message: trainer_pb2.Datum) -> Datum:
-    inputs = message.loss_fn_inputs
-    unknown = set(inputs) - {"target_tokens", *_FLOAT_INPUTS}
-    if unknown:
-        raise invalid(f"unknown loss_fn_inputs {sorted(unknown)}; expected target_tokens, weights, logprobs, advantages")
-    if "target_tokens" not in inputs:
-        raise invalid("every datum needs loss_fn_inputs['target_tokens']")
-    return Datum(
-        tokens=list(message.tokens),
-        target_tokens=list(inputs["target_tokens"].int_data),
-        **{key: list(inputs[key].float_data) if key in inputs else None for key in _FLOAT_INPUTS},
-    )
+def datum_from_pb(message: trainer_pb2.Datum, index: int) -> Datum:
+    """The datum of a request, each loss input in the form its loss reads (`Datum.check` then checks values
+    and lengths against the loss)."""
+    inputs: dict[str, list] = {}
+    for key, tensor in message.loss_fn_inputs.items():
+        if key not in INT_INPUTS + FLOAT_INPUTS:
+            raise invalid(f"datum {index}: unknown loss_fn_inputs key {key[:64]!r}; expected one of {', '.join(INT_INPUTS + FLOAT_INPUTS)}")
+        ints = key in INT_INPUTS
+        values, other = (tensor.int_data, tensor.float_data) if ints else (tensor.float_data, tensor.int_data)
+        if other:
+            want, got = ("int_data", "float_data") if ints else ("float_data", "int_data")
+            raise invalid(f"datum {index}: loss_fn_inputs[{key!r}] holds {'token ids' if ints else 'floats'} in {want}; got {len(other)} values in {got}")
+        if tensor.shape and list(tensor.shape) != [len(values)]:
+            raise invalid(f"datum {index}: loss_fn_inputs[{key!r}] has shape {list(tensor.shape)[:8]} for {len(values)} values; expected [{len(values)}]")
+        inputs[key] = list(values)
+    return Datum(tokens=list(message.tokens), **inputs)
 
 
 def result_pb(result: PassResult) -> trainer_pb2.ForwardBackwardResponse:
@@ -94,12 +96,12 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     def ForwardBackward(self, request, context):
         session = self._session(request.session_id)
-        data = [datum_from_pb(d) for d in request.data]
+        data = [datum_from_pb(d, i) for i, d in enumerate(request.data)]
         return result_pb(self.trainer.forward_backward(session, data, request.loss_fn or "cross_entropy", dict(request.loss_fn_config)))
 
     def Forward(self, request, context):
         session = self._session(request.session_id)
-        data = [datum_from_pb(d) for d in request.data]
+        data = [datum_from_pb(d, i) for i, d in enumerate(request.data)]
         return result_pb(self.trainer.forward(session, data, request.loss_fn or "cross_entropy", dict(request.loss_fn_config)))
 
     def OptimStep(self, request, context):

@@ -82,6 +82,14 @@ class Session:
         params.check()
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         grad_norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
+        if not math.isfinite(grad_norm):
+            # Adam's moments of such gradients overflow and turn the weights into NaN. The gradients go, so
+            # the session can carry on.
+            self.optimizer.zero_grad(set_to_none=True)
+            raise invalid(
+                f"the gradients since the last step overflow the model's float precision (norm {grad_norm}): their "
+                "forward_backward inputs were too large; no step was taken and those gradients were dropped"
+            )
         if params.grad_clip_norm and grad_norm > params.grad_clip_norm:
             for g in grads:
                 g.mul_(params.grad_clip_norm / (grad_norm + 1e-6))

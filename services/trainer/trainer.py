@@ -5,12 +5,18 @@ window and runs them as one base forward/backward over all their sequences packe
 carrying its session's slot. The loss of the pass is the sum of the calls' losses, so each session's
 gradient is exactly what its own call alone would give. A per-pass token budget splits large batches, which
 keeps peak memory flat however many sessions join.
+
+One call must never fail the calls it was batched with. Every call is checked whole before it joins a
+batch (`Datum.check`); a call whose loss still comes out non-finite fails alone and adds no gradient; and a
+pass that raises is run again call by call, so only the call that causes the failure sees it. Gradients
+reach the sessions only once a pass's backward has completed, so a pass run again adds them once.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 import time
 from concurrent.futures import Future
@@ -54,13 +60,17 @@ class PassResult:
     metrics: dict[str, float]
 
 
-@dataclasses.dataclass(slots=True)
+@dataclasses.dataclass(slots=True, eq=False)  # compared and hashed by identity
 class _Call:
     session: Session
     data: list[Datum]
     loss_fn: str
     loss_config: dict[str, float]
     backward: bool
+    first_index: int = 0  # the index of data[0] in the call as sent (a part of a split call starts later)
+    whole: _Call | None = None  # for a part of a split call: the call it is part of
+    # For a split call: its session's gradients before its first part ran, put back if any part fails.
+    grads_before: list[torch.Tensor | None] | None = None
     future: Future = dataclasses.field(default_factory=Future)
 
     @property
@@ -175,15 +185,23 @@ class Trainer:
         check_loss(loss_fn, loss_config)
         if not data:
             raise invalid("forward_backward needs at least one datum")
-        for datum in data:
-            datum.check(loss_fn, self.model_config.vocab_size)
+        for index, datum in enumerate(data):
+            datum.check(loss_fn, self.model_config.vocab_size, index)
             if len(datum.tokens) > self.config.max_tokens_per_pass:
-                raise invalid(f"a datum of {len(datum.tokens)} tokens exceeds the per-pass budget of {self.config.max_tokens_per_pass}")
+                raise invalid(
+                    f"datum {index} has {len(datum.tokens)} tokens; the limit is {self.config.max_tokens_per_pass} (max_tokens_per_pass)"
+                )
         call = _Call(session, data, loss_fn, loss_config, backward)
+        if call.num_tokens > self.config.max_tokens_per_call:
+            raise invalid(f"the call's data hold {call.num_tokens} tokens; the limit is {self.config.max_tokens_per_call} (max_tokens_per_call)")
+        return self._enqueue(call).result()
+
+    def _enqueue(self, call: _Call) -> Future:
+        """Queue a checked call for the next pass."""
         with self._cond:
             self._queue.append(call)
             self._cond.notify_all()
-        return call.future.result()
+        return call.future
 
     def _loop(self) -> None:
         while True:
@@ -226,29 +244,41 @@ class Trainer:
         """A call too big for one pass becomes parts whose results are merged back into the call's future."""
         parts: list[_Call] = []
         data: list[Datum] = []
-        for datum in call.data:
+        start = 0
+        for index, datum in enumerate(call.data):
             if data and sum(len(d.tokens) for d in data) + len(datum.tokens) > budget:
-                parts.append(_Call(call.session, data, call.loss_fn, call.loss_config, call.backward))
-                data = []
+                parts.append(_Call(call.session, data, call.loss_fn, call.loss_config, call.backward, start, call))
+                data, start = [], index
             data.append(datum)
-        parts.append(_Call(call.session, data, call.loss_fn, call.loss_config, call.backward))
+        parts.append(_Call(call.session, data, call.loss_fn, call.loss_config, call.backward, start, call))
         _merge_into(call, parts)
         return parts
 
     def _run(self, calls: list[_Call], *, backward: bool) -> None:
         try:
             with compute_threads.working():
-                results = self._pass(calls, backward=backward)
+                outcomes = self._pass(calls, backward=backward)
         except Exception as err:
-            log.exception("training pass failed")
-            error = err if isinstance(err, MintError) else MintError(Code.INTERNAL, f"training pass failed: {err}")
-            for call in calls:
-                call.future.set_exception(error)
+            if len(calls) > 1:
+                # Something the checks did not foresee failed the pass: run each call on its own, so that
+                # only the call that causes it fails (no gradient of the failed pass was applied).
+                for call in calls:
+                    self._run([call], backward=backward)
+                return
+            if not isinstance(err, MintError):
+                log.error("training pass failed", exc_info=err)
+                err = MintError(Code.INTERNAL, f"training pass failed: {err}")
+            calls[0].future.set_exception(err)
             return
-        for call, result in zip(calls, results, strict=True):
-            call.future.set_result(result)
+        for call, outcome in zip(calls, outcomes, strict=True):
+            if isinstance(outcome, MintError):
+                call.future.set_exception(outcome)
+            else:
+                call.future.set_result(outcome)
 
-    def _pass(self, calls: list[_Call], *, backward: bool) -> list[PassResult]:
+    def _pass(self, calls: list[_Call], *, backward: bool) -> list[PassResult | MintError]:
+        """One base forward (and backward) over every call's data. A call whose loss is not finite gets an
+        error instead of a result, and its loss is left out of the backward."""
         sessions: list[Session] = []
         slot_of: dict[str, int] = {}
         tokens: list[int] = []
@@ -272,31 +302,71 @@ class Trainer:
         locks = [s.lock for s in sorted(sessions, key=lambda s: s.session_id)]
         for lock in locks:
             lock.acquire()
+        for call in calls:
+            if backward and call.whole is not None and call.first_index == 0:
+                call.whole.grads_before = [None if p.grad is None else p.grad.clone() for p in call.session.parameters()]
         self.lora.current = LoRAPass(sessions, torch.tensor(slots, device=device))
         try:
             with torch.set_grad_enabled(backward):
                 hidden = self.model(torch.tensor(tokens, device=device), torch.tensor(positions, device=device), VarlenAttention(lengths))
                 logp = -F.cross_entropy(self.model.logits(hidden), torch.tensor(targets, device=device), reduction="none")
-                results, losses = [], []
+                datum_losses = []
                 offset = 0
                 for call in calls:
-                    call_losses, call_logprobs = [], []
                     for datum in call.data:
-                        piece = logp[offset : offset + len(datum.tokens)]
+                        datum_losses.append(datum_loss(call.loss_fn, call.loss_config, logp[offset : offset + len(datum.tokens)], datum))
                         offset += len(datum.tokens)
-                        call_losses.append(datum_loss(call.loss_fn, call.loss_config, piece, datum))
-                        call_logprobs.append(piece.detach().tolist())
-                    loss = torch.stack(call_losses).sum()
-                    losses.append(loss)
-                    results.append(PassResult(call_logprobs, {"loss": float(loss.detach()), "tokens": float(call.num_tokens)}))
-                if backward:
-                    torch.stack(losses).sum().backward()
+                outcomes, kept = _outcomes(calls, torch.stack(datum_losses), logp)
+                if backward and kept:
+                    params = {id(p): p for call in kept for p in call.session.parameters()}
+                    _accumulate_grads(torch.stack(list(kept.values())).sum(), list(params.values()))
         finally:
             self.lora.current = None
             for lock in locks:
                 lock.release()
         self.passes += 1
-        return results
+        return outcomes
+
+
+def _outcomes(calls: list[_Call], losses: torch.Tensor, logp: torch.Tensor) -> tuple[list[PassResult | MintError], dict[_Call, torch.Tensor]]:
+    """Each call's result, or its error when one of its datum losses `losses` [num_data] is not finite; and
+    the loss of every call that succeeded, for the backward."""
+    loss_values = losses.detach().tolist()  # one transfer for all of the pass's numbers
+    all_logprobs = logp.detach().tolist()
+    outcomes: list[PassResult | MintError] = []
+    kept: dict[_Call, torch.Tensor] = {}
+    first_datum = first_token = 0
+    for call in calls:
+        values = loss_values[first_datum : first_datum + len(call.data)]
+        bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+        if bad is None:
+            kept[call] = losses[first_datum : first_datum + len(call.data)].sum()
+            logprobs, token = [], first_token
+            for datum in call.data:
+                logprobs.append(all_logprobs[token : token + len(datum.tokens)])
+                token += len(datum.tokens)
+            outcomes.append(PassResult(logprobs, {"loss": math.fsum(values), "tokens": float(call.num_tokens)}))
+        else:
+            outcomes.append(invalid(
+                f"datum {call.first_index + bad}'s {call.loss_fn} loss is {values[bad]}: its loss_fn_inputs are too large for "
+                "the model's float precision (or the session's weights are not finite); nothing of this call was applied"
+            ))
+        first_datum += len(call.data)
+        first_token += call.num_tokens
+    return outcomes, kept
+
+
+def _accumulate_grads(loss: torch.Tensor, params: list[torch.Tensor]) -> None:
+    """Add d(loss)/d(param) to each param's .grad once the whole backward has completed (a backward that
+    fails part way leaves no partial gradients behind)."""
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    for param, grad in zip(params, grads, strict=True):
+        if grad is None:
+            continue
+        if param.grad is None:
+            param.grad = grad
+        else:
+            param.grad.add_(grad)
 
 
 def _merge_into(call: _Call, parts: list[_Call]) -> None:
@@ -307,6 +377,10 @@ def _merge_into(call: _Call, parts: list[_Call]) -> None:
             return
         errors = [p.future.exception() for p in parts if p.future.exception() is not None]
         if errors:
+            if call.grads_before is not None:  # the parts that succeeded added gradients: take them back
+                with call.session.lock:
+                    for param, grad in zip(call.session.parameters(), call.grads_before, strict=True):
+                        param.grad = grad
             call.future.set_exception(errors[0])
             return
         results = [p.future.result() for p in parts]

@@ -122,12 +122,13 @@ def test_save_and_load_state_resume_exactly(make_trainer):
 @pytest.mark.parametrize(
     "datum, loss_fn, message",
     [
-        (Datum(tokens=[], target_tokens=[]), "cross_entropy", "at least one token"),
-        (Datum(tokens=[1, 2], target_tokens=[2]), "cross_entropy", "1 values for 2 tokens"),
-        (Datum(tokens=[1, 2], target_tokens=[2, 99999]), "cross_entropy", "token ids"),
+        (Datum(tokens=[], target_tokens=[]), "cross_entropy", "datum 0: tokens is empty"),
+        (Datum(tokens=[1, 2], target_tokens=[2]), "cross_entropy", "'target_tokens'\\] has 1 values; expected 2"),
+        (Datum(tokens=[1, 2], target_tokens=[2, 3], weights=[1.0, 1.0, 1.0]), "cross_entropy", "'weights'\\] has 3 values; expected 2"),
+        (Datum(tokens=[1, 2], target_tokens=[2, 99999]), "cross_entropy", "'target_tokens'\\]\\[1\\] is 99999; token ids must be in 0..511"),
         (Datum(tokens=[1, 2], target_tokens=[2, 3]), "ppo", "needs loss_fn_inputs\\['logprobs'\\]"),
         (Datum(tokens=[1, 2], target_tokens=[2, 3]), "mystery", "unknown loss_fn"),
-        (Datum(tokens=[1, 2], target_tokens=[2, 3], weights=[1.0, float("nan")]), "cross_entropy", "finite"),
+        (Datum(tokens=[1, 2], target_tokens=[2, 3], weights=[1.0, float("nan")]), "cross_entropy", "\\[1\\] is nan; values must be finite"),
     ],
 )
 def test_bad_data_is_refused(make_trainer, datum, loss_fn, message):
