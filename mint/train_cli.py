@@ -6,18 +6,20 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from mint.errors import MintError
+from mint.errors import Code, MintError
 
 
 def run_train(args) -> int:
     console = Console()
     try:
+        examples = _sft_examples(args) if args.recipe == "sft" else []  # a bad file stops us before any server starts
         with _server(args) as (address, api_key):
-            return _run(args, address, api_key, console)
+            return _run(args, examples, address, api_key, console)
     except MintError as err:
         console.print(f"[red]{err}[/red]")
         return 1
@@ -41,7 +43,7 @@ def _server(args):
         stack.stop()
 
 
-def _run(args, address: str, api_key: str, console: Console) -> int:
+def _run(args, examples: list, address: str, api_key: str, console: Console) -> int:
     from mint.sdk import ServiceClient
 
     service = ServiceClient(address, api_key)
@@ -60,10 +62,9 @@ def _run(args, address: str, api_key: str, console: Console) -> int:
 
         if args.recipe == "sft":
             from mint.recipes.sft import SFTConfig, run_sft
-            from mint.recipes.tasks import sft_examples
 
             config = SFTConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, publish_every=args.publish_every, seed=args.seed)
-            run_sft(client, tokenizer, sft_examples(args.task, args.data), config, on_step)
+            run_sft(client, tokenizer, examples, config, on_step)
         else:
             from mint.recipes.grpo import GRPOConfig, run_grpo
 
@@ -73,3 +74,18 @@ def _run(args, address: str, api_key: str, console: Console) -> int:
             )
             run_grpo(service, client, tokenizer, config, on_step)
     return 0
+
+
+def _sft_examples(args) -> list:
+    """A built-in task, or the examples of --data, a file read here, on the client: it travels as data."""
+    from mint.recipes.tasks import parse_examples, sft_examples
+
+    if bool(args.task) == bool(args.data):
+        raise MintError(Code.INVALID_ARGUMENT, "give either --task (a built-in task) or --data (a JSONL file of yours)")
+    if args.task:
+        return sft_examples(args.task)
+    try:
+        data = Path(args.data).read_bytes()
+    except OSError as err:
+        raise MintError(Code.INVALID_ARGUMENT, f"cannot read --data {args.data}: {err.strerror}") from None
+    return parse_examples(data, args.data)

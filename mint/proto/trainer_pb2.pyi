@@ -730,28 +730,37 @@ Global___LoadStateRequest: _TypeAlias = LoadStateRequest  # noqa: Y015
 
 @_typing.final
 class SftRecipe(_message.Message):
+    """Training data comes from the caller, in the request: a trainer never reads a path it is given (field 1
+    was a path on the trainer's host, read as the trainer's user).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
-    DATA_PATH_FIELD_NUMBER: _builtins.int
     BUILTIN_TASK_FIELD_NUMBER: _builtins.int
+    EXAMPLES_JSONL_FIELD_NUMBER: _builtins.int
     STEPS_FIELD_NUMBER: _builtins.int
     BATCH_SIZE_FIELD_NUMBER: _builtins.int
     LEARNING_RATE_FIELD_NUMBER: _builtins.int
     PUBLISH_EVERY_FIELD_NUMBER: _builtins.int
-    data_path: _builtins.str
-    """JSONL of {prompt, completion} or {messages}"""
     builtin_task: _builtins.str
-    """instead of data_path"""
+    """a built-in example set; or"""
+    examples_jsonl: _builtins.bytes
+    """the caller's examples: JSONL of {prompt, completion} or {messages}, the"""
     steps: _builtins.int
+    """last message the assistant's; at most the trainer's max_recipe_data_bytes
+    0: 100
+    """
     batch_size: _builtins.int
+    """0: 4"""
     learning_rate: _builtins.float
+    """0: 1e-3"""
     publish_every: _builtins.int
     """0: only at the end"""
     def __init__(
         self,
         *,
-        data_path: _builtins.str = ...,
         builtin_task: _builtins.str = ...,
+        examples_jsonl: _builtins.bytes = ...,
         steps: _builtins.int = ...,
         batch_size: _builtins.int = ...,
         learning_rate: _builtins.float = ...,
@@ -759,7 +768,7 @@ class SftRecipe(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "builtin_task", b"builtin_task", "data_path", b"data_path", "learning_rate", b"learning_rate", "publish_every", b"publish_every", "steps", b"steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "builtin_task", b"builtin_task", "examples_jsonl", b"examples_jsonl", "learning_rate", b"learning_rate", "publish_every", b"publish_every", "steps", b"steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

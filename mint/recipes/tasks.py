@@ -10,7 +10,6 @@ import json
 import random
 import re
 from collections.abc import Callable
-from pathlib import Path
 
 from mint.errors import invalid
 
@@ -103,32 +102,56 @@ RL_TASKS: dict[str, RLTask] = {
 }
 
 
-def sft_examples(task: str = "", path: str = "") -> list[Example]:
-    """A built-in task, or JSONL lines of {"prompt", "completion"} or {"messages": [...]} (the last
-    assistant message is the completion; earlier messages form the prompt)."""
-    if task:
-        if task not in SFT_TASKS:
-            raise invalid(f"unknown SFT task {task!r}; built-in tasks: {sorted(SFT_TASKS)}")
-        return SFT_TASKS[task]
-    if not path:
-        raise invalid("give a built-in task or a JSONL data path")
+def sft_examples(task: str) -> list[Example]:
+    """A built-in SFT task's examples."""
+    if task not in SFT_TASKS:
+        raise invalid(f"unknown SFT task {task!r}; built-in tasks: {sorted(SFT_TASKS)}")
+    return SFT_TASKS[task]
+
+
+def parse_examples(data: bytes, source: str = "examples") -> list[Example]:
+    """The caller's SFT examples from JSONL: a line holds {"prompt", "completion"} or {"messages": [...]}
+    (the last message is the assistant's, the completion; the ones before it form the prompt). Callers
+    read their own files and send the bytes: a server never reads a path it is given. INVALID_ARGUMENT
+    naming the line for anything else."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise invalid(f"{source} is not UTF-8 text: {err}") from None
     examples = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
+        where = f"{source}:{number}"
         try:
             row = json.loads(line)
-        except ValueError as err:
-            raise invalid(f"{path}:{number} is not JSON: {err}") from None
-        if "messages" in row:
-            messages = row["messages"]
-            if not messages or messages[-1].get("role") != "assistant":
-                raise invalid(f"{path}:{number}: the last message must be the assistant's")
-            examples.append(Example(tuple(messages[:-1]), messages[-1]["content"]))
-        elif "prompt" in row and "completion" in row:
-            examples.append(Example(row["prompt"], row["completion"]))
-        else:
-            raise invalid(f"{path}:{number} needs prompt and completion, or messages")
+        except (ValueError, RecursionError) as err:  # RecursionError: nesting deeper than the parser follows
+            raise invalid(f"{where} is not a JSON line: {str(err)[:200]}") from None
+        examples.append(_example(row, where))
     if not examples:
-        raise invalid(f"{path} holds no examples")
+        raise invalid(f"{source} holds no examples")
     return examples
+
+
+def _example(row, where: str) -> Example:
+    if not isinstance(row, dict):
+        raise invalid(f"{where} must be a JSON object, got {type(row).__name__}")
+    if "messages" in row:
+        messages = row["messages"]
+        if not (isinstance(messages, list) and messages and all(_is_message(m) for m in messages)):
+            raise invalid(f'{where}: messages must be a non-empty list of {{"role": "...", "content": "..."}} with string values')
+        if messages[-1]["role"] != "assistant":
+            raise invalid(f"{where}: the last message must be the assistant's (the completion), got role {messages[-1]['role'][:40]!r}")
+        prompt: str | tuple[dict[str, str], ...] = tuple({"role": m["role"], "content": m["content"]} for m in messages[:-1])
+        completion = messages[-1]["content"]
+    elif isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str):
+        prompt, completion = row["prompt"], row["completion"]
+    else:
+        raise invalid(f"{where} needs string prompt and completion, or messages")
+    if not completion:
+        raise invalid(f"{where}: the completion is empty; there is nothing to train on")
+    return Example(prompt, completion)
+
+
+def _is_message(message) -> bool:
+    return isinstance(message, dict) and isinstance(message.get("role"), str) and bool(message["role"]) and isinstance(message.get("content"), str)

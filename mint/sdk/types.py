@@ -37,13 +37,16 @@ def next_token_datum(prompt: Sequence[int], completion: Sequence[int], **extra: 
     all but the first, and only completion tokens carry weight. `extra` (logprobs, advantages) gives one
     value per completion token."""
     tokens = list(prompt) + list(completion)
-    n_prompt = len(prompt)
+    # Input position i predicts tokens[i + 1]: a completion token when i + 1 >= len(prompt). Without a
+    # prompt, the first completion token has nothing to be predicted from and is not trained.
+    completion_at = [i + 1 - len(prompt) for i in range(len(tokens) - 1)]
     inputs: dict[str, list] = {
         "target_tokens": tokens[1:],
-        "weights": [0.0] * (n_prompt - 1) + [1.0] * len(completion),
+        "weights": [float(j >= 0) for j in completion_at],
     }
     for key, values in extra.items():
-        inputs[key] = [0.0] * (n_prompt - 1) + [float(v) for v in values]
+        values = [float(v) for v in values]
+        inputs[key] = [values[j] if j >= 0 else 0.0 for j in completion_at]
     return Datum(tokens=tokens[:-1], loss_fn_inputs=inputs)
 
 

@@ -27,6 +27,7 @@ class TrainerConfig:
     catalog_address: str = ""       # where revisions are published
     api_key: str = ""               # a service key: publishes for the session's tenant
     gateway_address: str = ""       # where recipe jobs reach sampling and training (RunRecipe)
+    max_recipe_data_bytes: int = 16 * 1024 * 1024  # the examples a RunRecipe request uploads (JSONL)
     max_workers: int = 64
     request_limits: RequestLimits = dataclasses.field(default_factory=RequestLimits)  # mint.limits
 
@@ -49,6 +50,7 @@ class TrainerConfig:
             "catalog_address": ("MINT_CATALOG_URL", str),
             "api_key": ("MINT_SERVICE_KEY", str),
             "gateway_address": ("MINT_GATEWAY_URL", str),
+            "max_recipe_data_bytes": ("MINT_MAX_RECIPE_DATA_BYTES", int),
         }
         values = {field: kind(env[var]) for field, (var, kind) in names.items() if var in env}
         values["request_limits"] = RequestLimits.from_env(env)

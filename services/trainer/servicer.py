@@ -8,7 +8,7 @@ from mint.names import PolicyName
 from mint.params import AdamParams
 from mint.proto import common_pb2, trainer_pb2, trainer_pb2_grpc
 from services.trainer.losses import FLOAT_INPUTS, INT_INPUTS, Datum
-from services.trainer.recipe_jobs import RecipeJob
+from services.trainer.recipe_jobs import RecipeJob, plan_recipe
 from services.trainer.session import Session
 from services.trainer.trainer import PassResult, Trainer
 
@@ -123,10 +123,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         caller's key), on a thread of its own; its per-step reports stream back until it ends."""
         if not self.gateway_address:
             raise MintError(Code.FAILED_PRECONDITION, "this trainer runs no recipe jobs: it has no gateway address (MINT_GATEWAY_URL)")
-        kind = request.WhichOneof("recipe")
-        if kind is None:
-            raise invalid("RunRecipe needs an sft or a grpo recipe")
-        job = RecipeJob(self.gateway_address, auth.key_from_metadata(context.invocation_metadata()) or "", request)
+        plan = plan_recipe(request, self.trainer.config.max_recipe_data_bytes)
+        job = RecipeJob(self.gateway_address, auth.key_from_metadata(context.invocation_metadata()) or "", request.session, plan)
         context.add_callback(job.cancel)
         yield from job.run()
 
