@@ -41,24 +41,25 @@ TENANT = "local"
 
 
 class LocalPublisher:
-    """Publishes trainer revisions straight into the in-process catalog, acting for the session's tenant."""
+    """Publishes trainer revisions straight into the in-process catalog, acting for the session's tenant on
+    behalf of the key that asked (the audit log names that key)."""
 
     def __init__(self, catalog: Catalog):
         self.catalog = catalog
 
-    def _as(self, tenant: str) -> auth.Principal:
-        return auth.Principal(tenant=tenant, key_id="trainer", role=auth.Role.SERVICE)
+    def _as(self, tenant: str, on_behalf_of: str | None) -> auth.Principal:
+        return auth.Principal(tenant=tenant, key_id="trainer", role=auth.Role.SERVICE, on_behalf_of=on_behalf_of)
 
-    def ensure_policy(self, tenant: str, policy: str, base_model: str) -> None:
-        with auth.acting(self._as(tenant)):
+    def ensure_policy(self, tenant: str, policy: str, base_model: str, on_behalf_of: str | None) -> None:
+        with auth.acting(self._as(tenant, on_behalf_of)):
             try:
                 self.catalog.create_policy(policy, base_model)
             except MintError as err:
                 if err.code is not Code.ALREADY_EXISTS:
                     raise
 
-    def publish(self, session: Session, weights, name: str, metrics: dict[str, float]) -> Published:
-        with auth.acting(self._as(session.tenant)):
+    def publish(self, session: Session, weights, name: str, metrics: dict[str, float], on_behalf_of: str | None) -> Published:
+        with auth.acting(self._as(session.tenant, on_behalf_of)):
             revision = self.catalog.publish(
                 session.policy, weights.config.to_json(), weights.safetensors_chunks(), source=f"trainer:{session.session_id}/{name}"[:256],
                 metrics=metrics, idempotency_key=name,

@@ -40,9 +40,13 @@ def rpc_stream(fn, request, **kwargs) -> Iterator:
 
 
 class CatalogClient:
-    def __init__(self, channel: grpc.Channel, api_key: str, *, tenant: str | None = None, timeout_s: float = 60.0):
+    def __init__(
+        self, channel: grpc.Channel, api_key: str, *, tenant: str | None = None, on_behalf_of: str | None = None, timeout_s: float = 60.0,
+    ):
+        """`tenant` and `on_behalf_of` (a key id) are for service keys: acting for that tenant, doing work that
+        key asked for (the audit log then names that key)."""
         self._stub = catalog_pb2_grpc.CatalogServiceStub(channel)
-        self._md = auth.call_metadata(api_key, tenant)
+        self._md = auth.call_metadata(api_key, tenant, on_behalf_of)
         self._timeout = timeout_s
 
     def _call(self, name: str, request, *, timeout: float | None = None):

@@ -64,10 +64,16 @@ def policy_for(name: str) -> tuple[str, str]:
     return tenant, parsed.name
 
 
+def asking_key() -> str:
+    """The id of the key that asked for this call: the caller's, or the one a service key acts on behalf of."""
+    principal = auth.current_principal()
+    return principal.on_behalf_of or principal.key_id
+
+
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def __init__(self, trainer: Trainer, ensure_policy=None, gateway_address: str = ""):
-        """`ensure_policy(tenant, policy, base_model)` creates the policy in the catalog when it is missing;
-        recipe jobs run through the public API at `gateway_address`, as the caller."""
+        """`ensure_policy(tenant, policy, base_model, on_behalf_of)` creates the policy in the catalog when it
+        is missing; recipe jobs run through the public API at `gateway_address`, as the caller."""
         self.trainer = trainer
         self.ensure_policy = ensure_policy
         self.gateway_address = gateway_address
@@ -79,10 +85,11 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def CreateSession(self, request, context):
         tenant, policy = policy_for(request.policy)
         if self.ensure_policy is not None:
-            self.ensure_policy(tenant, policy, self.trainer.base_model)
+            self.ensure_policy(tenant, policy, self.trainer.base_model, asking_key())
         session = self.trainer.create_session(
             tenant=tenant, policy=policy, rank=request.rank or 16, alpha=request.alpha, train_attn=request.train_attn,
             train_mlp=request.train_mlp, seed=request.seed, use_rslora=request.use_rslora, base_model=request.base_model,
+            created_by=asking_key(),
         )
         return session_pb(session)
 
@@ -111,7 +118,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     def SaveWeightsForSampler(self, request, context):
         session = self._session(request.session_id)
-        published = self.trainer.save_weights_for_sampler(session, request.name, dict(request.metrics))
+        published = self.trainer.save_weights_for_sampler(session, request.name, dict(request.metrics), requested_by=asking_key())
         return trainer_pb2.SaveWeightsForSamplerResponse(address=published.address, revision_number=published.number, adapter=published.adapter)
 
     def SaveState(self, request, context):

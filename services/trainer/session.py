@@ -39,9 +39,11 @@ class Session:
         device: torch.device,
         dtype: torch.dtype = torch.float32,
         session_id: str | None = None,
+        created_by: str | None = None,
     ):
         self.session_id = session_id or f"sess-{uuid.uuid4().hex[:16]}"
         self.tenant, self.policy, self.base_model = tenant, policy, base_model
+        self.created_by = created_by  # the id of the key that asked for the session
         self.config = config
         self.model_config = model_config
         self.seed = seed

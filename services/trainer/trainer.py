@@ -49,9 +49,12 @@ class Published:
 
 
 class Publisher(Protocol):
-    """Publishes a session's adapter as the policy's next revision (idempotent per name)."""
+    """Publishes a session's adapter as the policy's next revision (idempotent per name), on behalf of the
+    key `on_behalf_of` (a key id) that asked for it: the catalog's audit log names that key."""
 
-    def publish(self, session: Session, weights: AdapterWeights, name: str, metrics: dict[str, float]) -> Published: ...
+    def publish(
+        self, session: Session, weights: AdapterWeights, name: str, metrics: dict[str, float], on_behalf_of: str | None
+    ) -> Published: ...
 
 
 @dataclasses.dataclass(slots=True)
@@ -115,8 +118,9 @@ class Trainer:
 
     def create_session(
         self, *, tenant: str, policy: str, rank: int, alpha: float = 0.0, train_attn: bool = True, train_mlp: bool = True,
-        seed: int = 0, use_rslora: bool = False, base_model: str = "",
+        seed: int = 0, use_rslora: bool = False, base_model: str = "", created_by: str | None = None,
     ) -> Session:
+        """`created_by`: the id of the key that asked for the session (its publishes are made on its behalf)."""
         check_name("policy", policy)
         if base_model and base_model != self.base_model:
             raise invalid(f"this trainer holds base {self.base_model!r}, not {base_model!r}")
@@ -128,7 +132,7 @@ class Trainer:
         )
         session = Session(
             tenant=tenant, policy=policy, base_model=self.base_model, config=config, model_config=self.model_config,
-            seed=seed, device=self.device, dtype=self.config.torch_dtype,
+            seed=seed, device=self.device, dtype=self.config.torch_dtype, created_by=created_by,
         )
         self.sessions[session.session_id] = session
         return session
@@ -155,12 +159,15 @@ class Trainer:
         with session.lock:
             return session.optim_step(params)
 
-    def save_weights_for_sampler(self, session: Session, name: str = "", metrics: dict[str, float] | None = None) -> Published:
+    def save_weights_for_sampler(
+        self, session: Session, name: str = "", metrics: dict[str, float] | None = None, requested_by: str | None = None
+    ) -> Published:
+        """Publish on behalf of `requested_by`, the id of the key that asked (default: the session's creator)."""
         if self.publisher is None:
             raise MintError(Code.FAILED_PRECONDITION, "this trainer has no catalog to publish to")
         with session.lock:
             weights = session.adapter_weights()
-        published = self.publisher.publish(session, weights, name or f"step-{session.step}", metrics or {})
+        published = self.publisher.publish(session, weights, name or f"step-{session.step}", metrics or {}, requested_by or session.created_by)
         session.last_published = published.number
         return published
 

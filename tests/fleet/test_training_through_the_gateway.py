@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 
+from mint import auth
 from mint.params import AdamParams, SamplingParams
 from mint.sdk import next_token_datum
 from services.catalog.blobs import LocalBlobStore
@@ -35,7 +36,10 @@ def test_train_publish_and_sample_across_processes(tmp_path, pg_url, fleet_base)
         trained = scored.loss_fn_outputs[0]["logprobs"][-len(answer.sequences[0].tokens):]
         assert max(abs(a - b) for a, b in zip(trained, answer.sequences[0].logprobs, strict=True)) < 1e-4
         revision = service.catalog.get_revision("fleet-bot@1")
-        assert revision.source.endswith("/step-5") and revision.created_by.startswith("key:")
+        # Published by the trainer's service key on behalf of the member: the audit names the member.
+        asked = f"key:{auth.parse_key(fleet.member_key)[0]}"
+        assert revision.source.endswith("/step-5") and revision.created_by == asked
+        assert {e.actor for e in service.catalog.audit_events(policy="fleet-bot")} == {asked}
         # The engine's cached copy is the catalog's file, linked: nothing was downloaded or copied.
         cached = tmp_path / "engine-0" / "adapters" / f"{revision.sha256}.safetensors"
         stored = LocalBlobStore(fleet.blob_dir, create=False).path(revision.sha256)

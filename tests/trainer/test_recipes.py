@@ -92,9 +92,14 @@ def test_a_killed_trainer_resumes_from_its_state_and_publishes_nothing_twice(tra
         session = client.load_state(saved["path"], with_optimizer=True)
         assert session.step == 5
         run_sft(client, tokenizer, SFT_TASKS["echo"], config, start_step=session.step)
-        revisions = list(CatalogClient(channel(catalog.address), member).list_revisions("resumable"))
+        member_catalog = CatalogClient(channel(catalog.address), member)
+        revisions = list(member_catalog.list_revisions("resumable"))
         assert [r.number for r in revisions] == [1, 2, 3]
         assert [r.source.rsplit("/", 1)[-1] for r in revisions] == ["sft-step-5", "sft-step-10", "sft-step-15"]
+        # The trainer published with its service key on behalf of the member: the audit names the member.
+        asked = f"key:{auth.parse_key(member)[0]}"
+        assert {r.created_by for r in revisions} == {asked}
+        assert {e.actor for e in member_catalog.audit_events(policy="resumable")} == {asked}
         service.close()
     finally:
         trainer.stop()
