@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -133,17 +134,18 @@ class Session:
     def load_state(self, path: Path, *, with_optimizer: bool) -> None:
         if not path.is_file():
             raise not_found(f"no saved state at {path}")
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            saved = json.loads(f.metadata()["session"])
-        config = AdapterConfig.from_dict(saved["adapter_config"])
+        try:  # a file beside the states (a write a crash cut short) is not one
+            with safe_open(str(path), framework="pt") as f:
+                saved = json.loads((f.metadata() or {})["session"])
+            config = AdapterConfig.from_dict(saved["adapter_config"])
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError, KeyError, TypeError, ValueError) as err:
+            raise invalid(f"{path} is not a state file that SaveState wrote ({type(err).__name__}: {str(err)[:200]})") from None
         if saved["base_model"] != self.base_model or config.r != self.config.r or config.target_modules != self.config.target_modules:
             raise invalid(
                 f"state at {path} is for base {saved['base_model']!r}, rank {config.r}, modules {list(config.target_modules)}; "
                 f"this session is base {self.base_model!r}, rank {self.config.r}, modules {list(self.config.target_modules)}"
             )
-        tensors = load_file(str(path))
         params = self.named_parameters()
         with torch.no_grad():
             for name, param in params.items():

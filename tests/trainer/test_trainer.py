@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from mint.errors import MintError
+from mint.errors import Code, MintError
 from mint.params import AdamParams
 from services.trainer.losses import Datum
 
@@ -117,6 +118,11 @@ def test_save_and_load_state_resume_exactly(make_trainer):
     other_tenant = trainer.create_session(tenant="globex", policy="p", rank=4)
     with pytest.raises(MintError, match="not one of tenant globex"):
         trainer.load_state(other_tenant, path, with_optimizer=True)
+    cut_short = Path(path).with_suffix(".tmp")  # what a save that a crash interrupted leaves behind
+    cut_short.write_bytes(b"\x08\x00\x00")
+    with pytest.raises(MintError, match="is not a state file that SaveState wrote") as err:
+        trainer.load_state(resumed, str(cut_short), with_optimizer=True)
+    assert err.value.code is Code.INVALID_ARGUMENT
 
 
 @pytest.mark.parametrize(
