@@ -64,11 +64,11 @@ def drop_page_cache(path: Path) -> None:
         os.close(fd)
 
 
-def wait_device(engine: Engine, sha256: str, timeout_s: float = 60.0) -> None:
+def wait_device(engine: Engine, key: str, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
-    while engine.residency.tier_of(sha256) != "device":
+    while engine.residency.tier_of(key) != "device":
         if time.monotonic() > deadline:
-            raise TimeoutError(f"adapter {sha256[:12]} did not reach a slot in {timeout_s}s")
+            raise TimeoutError(f"adapter {key[:12]} did not reach a slot in {timeout_s}s")
         time.sleep(POLL_S)
 
 
@@ -81,7 +81,7 @@ def cold_load_s(engine: Engine, spec: AdapterSpec, *, from_disk: bool) -> tuple[
         drop_page_cache(residency.disk.path(spec.sha256))
     start = time.perf_counter()
     residency.prefetch(spec).result()  # a blocking wait while the pool loads: no polling thread competes for the GIL
-    wait_device(engine, spec.sha256)
+    wait_device(engine, spec.key)
     elapsed = time.perf_counter() - start
     residency.evict(spec.sha256)
     return elapsed, residency.counters.load_seconds[-1]

@@ -99,7 +99,7 @@ def main() -> None:
         ).start()
         for spec in light + heavy:
             engine.residency.prefetch(spec).result()
-        while any(engine.residency.tier_of(s.sha256) != "device" for s in light + heavy):
+        while any(engine.residency.tier_of(s.key) != "device" for s in light + heavy):
             time.sleep(0.05)
         settings = {
             "tok_s_base": [None],

@@ -290,15 +290,17 @@ def build_server(
     authenticator: Authenticator | None = None,
     max_workers: int = 64,
     limits: RequestLimits | None = None,
+    health_servicer: health.HealthServicer | None = None,
 ) -> tuple[grpc.Server, int]:
-    """A server bound to its port but not started: returns (server, port). Call `server.start()`."""
+    """A server bound to its port but not started: returns (server, port). Call `server.start()`.
+    `health_servicer`: the caller's own, to turn NOT_SERVING later (an engine whose step loop died)."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc", initializer=serial_thread),
         interceptors=[MintInterceptor(authenticator, _for_workers(limits or RequestLimits(), max_workers))],
         options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=max_workers * 4,
     )
-    health_servicer = health.HealthServicer()
+    health_servicer = health_servicer or health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for service in services:
         service.add_to_server(service.servicer, server)

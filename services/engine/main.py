@@ -51,18 +51,11 @@ def create_server(config: EngineConfig, engine: Engine) -> tuple[grpc.Server, in
     if config.catalog_address:
         authenticator = RemoteAuthenticator(channel(config.catalog_address), roles=frozenset({Role.SERVICE, Role.ADMIN}))
     service = engine_service(engine)
+    checks = health.HealthServicer()
     server, port = build_server([service], address=config.address, authenticator=authenticator, max_workers=config.max_num_seqs + 16,
-                                limits=config.request_limits)
-    checks = health_servicer(server)
+                                limits=config.request_limits, health_servicer=checks)
     engine.on_failure(lambda: [checks.set(name, health_pb2.HealthCheckResponse.NOT_SERVING) for name in ("", service.name)])
     return server, port
-
-
-def health_servicer(server: grpc.Server) -> health.HealthServicer:
-    """The grpc.health.v1 servicer that mint.server.build_server registered on `server`: the owner of the
-    handler registered for Check, read from grpcio's server state because build_server returns no handle."""
-    handler = server._state.registered_method_handlers["/grpc.health.v1.Health/Check"]
-    return handler.unary_unary.__self__
 
 
 def serve(config: EngineConfig | None = None) -> None:

@@ -28,12 +28,12 @@ from typing import Protocol
 import torch
 
 from mint.adapters import AdapterConfig, BaseShapes, Limits, load_weights, validate_adapter
+from mint.adapters.identity import adapter_key, blob_of
 from mint.adapters.packing import PackedAdapter, pack
 from mint.errors import Code, MintError, invalid
 from mint.models.config import ModelConfig
 from mint.names import check_sha256
 from mint.runtime import serial_thread
-from services.engine.identity import adapter_key, blob_of
 from services.engine.lora import LoRAModel
 from services.engine.tiers import DiskCache, HostCache, SlotPool
 

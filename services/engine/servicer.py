@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from mint.adapters.identity import blob_of
 from mint.errors import invalid
 from mint.proto import common_pb2, engine_pb2, engine_pb2_grpc
 from mint.server import time_left
 from services.engine.engine import Engine
-from services.engine.identity import blob_of
 from services.engine.residency import Placement
 from services.engine.sampling import SamplingParams
 from services.engine.sequences import Finish, Request, SampleEvent

@@ -14,11 +14,11 @@ from __future__ import annotations
 import uuid
 
 from mint import auth
+from mint.adapters.identity import ref_key
 from mint.errors import Code, MintError, invalid
 from mint.proto import engine_pb2, gateway_pb2, gateway_pb2_grpc
 from mint.proto.common_pb2 import AdapterRef
 from mint.server import time_left
-from services.engine.identity import ref_key
 from services.gateway.engines import EngineConnector
 from services.gateway.resolver import ResolveCache
 from services.scheduler.base import LoadItem, Route, Scheduler, WaveStatus

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from mint.adapters import AdapterWeights
+from mint.adapters.identity import ref_key
 from mint.proto import common_pb2
 from services.engine.engine import collect
 from services.engine.fleet import FleetAgent
-from services.engine.identity import ref_key
 from services.scheduler import MemoryScheduler
 from tests.engine.conftest import publish, random_adapter, wait_resident
 from tests.engine.test_parity import PROMPTS, hf_logprobs, hf_with_adapters

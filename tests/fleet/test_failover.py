@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from mint.adapters.identity import ref_key
 from mint.errors import MintError
 from mint.models.loading import read_config
 from mint.sdk import SamplingParams
@@ -38,14 +39,14 @@ def test_an_engine_killed_mid_wave_loses_no_request(fleet):
     scheduler = RedisScheduler(fleet.redis.url, heartbeat_s=HEARTBEAT_S)
     wave = fleet.client.activate_wave(refs, "eval")
     assert wave.total == 24 and {share.engine_id for share in wave.engines} == {"engine-0", "engine-1"}
-    shas = [fleet.client.catalog.resolve(ref).adapter.sha256 for ref in refs]
+    keys = [ref_key(fleet.client.catalog.resolve(ref).adapter) for ref in refs]
     with ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(sample, fleet, ref) for ref in refs * 3]
         time.sleep(0.3)
         fleet.engines[0].kill()
         killed = time.monotonic()
         # Within 3 heartbeat periods no adapter routes to the dead engine any more.
-        while any(scheduler.route(sha, "tiny").engine_id == "engine-0" for sha in shas):
+        while any(scheduler.route(key, "tiny").engine_id == "engine-0" for key in keys):
             assert time.monotonic() - killed < 3 * HEARTBEAT_S + 0.5, "adapters still routed to the dead engine"
             time.sleep(0.05)
         results = [f.result(timeout=120) for f in futures]
@@ -59,7 +60,7 @@ def test_an_engine_killed_mid_wave_loses_no_request(fleet):
     # The wave counts only live engines' adapters, so it can be ready before the reaper has dropped the dead
     # engine's placements: that takes up to 3 heartbeat periods to be declared dead plus 1 for the reaper.
     reaped_by = killed + 4 * HEARTBEAT_S + 1.0
-    while not all(scheduler.holders(sha) == ["engine-1"] for sha in shas):
+    while not all(scheduler.holders(key) == ["engine-1"] for key in keys):
         assert time.monotonic() < reaped_by, "the dead engine still holds placements after the reaper's deadline"
         time.sleep(0.05)
     assert [e.engine_id for e in fleet.client.engines()] == ["engine-1"]

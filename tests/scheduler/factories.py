@@ -6,7 +6,7 @@ import hashlib
 
 import redis
 
-from services.engine.identity import adapter_key
+from mint.adapters.identity import adapter_key
 from services.scheduler import EngineInfo, LoadItem
 
 GiB = 1024**3

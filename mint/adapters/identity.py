@@ -5,7 +5,7 @@ the same blob published with two configs is two adapters: its packed copies (hos
 scheduler's placements, load queues, waves and load failures are all keyed by `adapter_key`. Only the
 disk tier, which holds raw bytes, is keyed by the blob's sha256 alone.
 
-This module imports nothing heavy: the gateway derives keys from AdapterRef messages with it.
+It imports nothing heavy: the gateway, the engines and the scheduler all derive keys with it.
 """
 
 from __future__ import annotations
