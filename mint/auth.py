@@ -97,7 +97,7 @@ def parse_key(key: str) -> tuple[str, str]:
     if not key.startswith(KEY_PREFIX):
         raise MintError(Code.UNAUTHENTICATED, "API key must start with 'mint_'")
     key_id, sep, secret = key[len(KEY_PREFIX) :].partition("_")
-    if not sep or len(key_id) != 12 or not secret:
+    if not sep or not _KEY_ID.fullmatch(key_id) or not secret:
         raise MintError(Code.UNAUTHENTICATED, "malformed API key")
     return key_id, secret
 

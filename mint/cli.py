@@ -95,20 +95,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve(args) -> int:
     logging.getLogger().setLevel(logging.INFO)
-    if args.service:
-        import importlib
+    from mint.procs import embedded, load_service
 
-        importlib.import_module(f"services.{args.service}.main").serve()
+    if args.service:
+        load_service(f"{args.service}.main").serve()
         return 0
     if not args.model:
         print("mint serve needs --model DIR (a Hugging Face base directory; see `mint base init|import`)", file=sys.stderr)
         return 2
     from mint.limits import RequestLimits
     from mint.server import READY_LINE
-    from services.embedded import EmbeddedConfig, EmbeddedStack
 
-    config = EmbeddedConfig(model_path=args.model, data_dir=args.data_dir, address=args.address, request_limits=RequestLimits.from_env())
-    stack = EmbeddedStack(config).start()
+    stack = embedded(model_path=args.model, data_dir=args.data_dir, address=args.address, request_limits=RequestLimits.from_env())
     print(READY_LINE.format(name="embedded", port=stack.port), flush=True)
     print(f"admin key (also in {args.data_dir}/admin.key): {stack.admin_key}", flush=True)
     try:

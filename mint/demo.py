@@ -22,10 +22,10 @@ from rich.table import Table
 
 from mint.models.gguf_import import fetch_smollm2, import_gguf
 from mint.models.presets import init_base
+from mint.procs import embedded
 from mint.recipes.sft import SFTConfig, run_sft
 from mint.recipes.tasks import SFT_TASKS
 from mint.sdk import SamplingParams, ServiceClient
-from services.embedded import EmbeddedConfig, EmbeddedStack
 
 POLICIES = ("pirate", "shout", "terse")
 PROMPTS = ("Greet me.", "How is the weather?", "What should I eat?")
@@ -61,7 +61,7 @@ def run_demo(*, data_dir: str = ".mint/demo", tiny: bool = False, steps: int = 0
     base_dir = prepare_base(root / "models", tiny, console)
     steps = steps or (24 if base_dir.name == SMOLLM2 else 60)
     shutil.rmtree(root / "stack", ignore_errors=True)  # a fresh catalog each run
-    stack = EmbeddedStack(EmbeddedConfig(model_path=str(base_dir), data_dir=str(root / "stack"), address="127.0.0.1:0")).start()
+    stack = embedded(model_path=str(base_dir), data_dir=str(root / "stack"), address="127.0.0.1:0")
     try:
         service = ServiceClient(stack.address, stack.admin_key)
         tokenizer = service.get_tokenizer()

@@ -1,8 +1,11 @@
-"""Start MinT services as child processes and learn the port each bound (they bind port 0 and print
-`mint.server.READY_LINE`). Used by multi-process tests, benchmarks and `mint serve`."""
+"""Start MinT services: as child processes, learning the port each bound (they bind port 0 and print
+`mint.server.READY_LINE`), for multi-process tests, benchmarks and `mint serve`; or all of them in this
+process (`embedded`). `mint/` is the ground floor and imports no service module: services are loaded by
+module name."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import subprocess
@@ -12,6 +15,19 @@ import time
 from collections.abc import Mapping, Sequence
 
 from mint.errors import Code, MintError
+
+
+def load_service(module: str):
+    """A module of `services/` by name, e.g. "embedded" or "gateway.main"."""
+    return importlib.import_module(f"services.{module}")
+
+
+def embedded(**config):
+    """The embedded stack (services/embedded.py: catalog, scheduler, engine, trainer and the public API in
+    this process), started; `config` holds EmbeddedConfig's fields. Call `.stop()` when done."""
+    module = load_service("embedded")
+    return module.EmbeddedStack(module.EmbeddedConfig(**config)).start()
+
 
 _READY = re.compile(r"mint (\S+) listening on port (\d+)")
 

@@ -34,9 +34,9 @@ def _server(args):
     if not args.model:
         print("give --address (or set MINT_ADDRESS) for a running server, or --model DIR to start one here", file=sys.stderr)
         raise SystemExit(2)
-    from services.embedded import EmbeddedConfig, EmbeddedStack
+    from mint.procs import embedded
 
-    stack = EmbeddedStack(EmbeddedConfig(model_path=args.model, data_dir=args.data_dir, address="127.0.0.1:0")).start()
+    stack = embedded(model_path=args.model, data_dir=args.data_dir, address="127.0.0.1:0")
     try:
         yield stack.address, stack.admin_key
     finally:

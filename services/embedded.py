@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 
 from mint import auth
+from mint.adapters.refs import adapter_ref
 from mint.errors import Code, MintError
 from mint.limits import RequestLimits
 from mint.models.loading import base_description
@@ -64,7 +65,7 @@ class LocalPublisher:
                 session.policy, weights.config.to_json(), weights.safetensors_chunks(), source=f"trainer:{session.session_id}/{name}"[:256],
                 metrics=metrics, idempotency_key=name,
             )
-        return Published(address=f"mint://{revision.address}", number=revision.number, adapter=convert.adapter_ref(revision))
+        return Published(address=f"mint://{revision.address}", number=revision.number, adapter=adapter_ref(revision))
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -140,7 +141,7 @@ class EmbeddedStack:
         from mint.proto import catalog_pb2
 
         revision = self.catalog.resolve(ref)  # runs as the caller: the interceptor set the principal
-        return catalog_pb2.ResolveResponse(revision=convert.revision_pb(revision), adapter=convert.adapter_ref(revision))
+        return catalog_pb2.ResolveResponse(revision=convert.revision_pb(revision), adapter=adapter_ref(revision))
 
     def _register_base(self) -> None:
         with auth.acting(auth.Principal(tenant=TENANT, key_id="embedded", role=auth.Role.ADMIN)):

@@ -13,10 +13,10 @@ from typing import Any
 
 from mint import auth
 from mint.adapters import AdapterConfig, BaseShapes, Limits, validate_adapter
+from mint.blobs import BlobStore, StagedBlob, receive
 from mint.bus import EVERY_POLICY
 from mint.errors import Code, MintError, invalid, not_found
 from mint.names import PolicyName, RevisionRef, check_sha256
-from services.catalog.blobs import BlobStore, StagedBlob, receive
 from services.catalog.store import CatalogStore, ImportRecord, ImportResult, NewRevision
 from services.catalog.store.entities import (
     Alias,

@@ -16,7 +16,6 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from mint.auth import Role
 from mint.errors import invalid
 from mint.proto import catalog_pb2 as pb
-from mint.proto import common_pb2
 from services.catalog.store import ImportRecord
 from services.catalog.store.entities import Alias, AliasMove, AuditEvent, BaseModel, Policy, Revision, Tenant
 
@@ -109,20 +108,6 @@ def revision_pb(r: Revision) -> pb.Revision:
         created_by=r.created_by,
         created_at=timestamp(r.created_at),
         retracted_reason=r.retracted_reason or "",
-    )
-
-
-def adapter_ref(r: Revision | pb.Revision) -> common_pb2.AdapterRef:
-    """What an engine needs to serve a revision (from the entity, or a Revision message: same fields)."""
-    return common_pb2.AdapterRef(
-        address=r.address,
-        sha256=r.sha256,
-        size_bytes=r.size_bytes,
-        rank=r.rank,
-        alpha=r.alpha,
-        use_rslora=r.use_rslora,
-        target_modules=list(r.target_modules),
-        base_model=r.base_model,
     )
 
 

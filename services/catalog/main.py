@@ -7,10 +7,10 @@ import logging
 import grpc
 
 from mint.auth import Role
+from mint.blobs import LocalBlobStore
 from mint.bus import RedisPolicyBus
 from mint.proto import catalog_pb2, catalog_pb2_grpc
 from mint.server import Service, build_server, run_until_signalled
-from services.catalog.blobs import LocalBlobStore
 from services.catalog.catalog import Catalog, StoreAuthenticator
 from services.catalog.config import CatalogConfig
 from services.catalog.servicer import CatalogServicer

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
+from mint.adapters.refs import adapter_ref
 from mint.errors import invalid
 from mint.proto import catalog_pb2 as pb
 from mint.proto import catalog_pb2_grpc
@@ -96,7 +97,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
 
     def Resolve(self, request, context):
         revision = self.catalog.resolve(request.ref)
-        return pb.ResolveResponse(revision=convert.revision_pb(revision), adapter=convert.adapter_ref(revision))
+        return pb.ResolveResponse(revision=convert.revision_pb(revision), adapter=adapter_ref(revision))
 
     def GetRevision(self, request, context):
         return convert.revision_pb(self.catalog.get_revision(request.ref))

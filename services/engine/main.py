@@ -9,11 +9,11 @@ import torch
 from grpc_health.v1 import health, health_pb2
 
 from mint.auth import Role
+from mint.blobs import LocalBlobStore
 from mint.errors import MintError
 from mint.proto import engine_pb2, engine_pb2_grpc
 from mint.sdk.catalog import CatalogClient
 from mint.server import RemoteAuthenticator, Service, build_server, channel, run_until_signalled
-from services.catalog.blobs import LocalBlobStore
 from services.engine.config import EngineConfig
 from services.engine.engine import Engine
 from services.engine.fleet import FleetAgent

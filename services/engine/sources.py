@@ -7,8 +7,8 @@ from pathlib import Path
 
 import grpc
 
+from mint.blobs import BlobStore
 from mint.sdk.catalog import CatalogClient
-from services.catalog.blobs import BlobStore
 from services.engine.residency import AdapterSource
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import grpc
 
 from mint.adapters import AdapterWeights
+from mint.adapters.refs import adapter_ref
 from mint.errors import Code, MintError
 from mint.sdk.catalog import CatalogClient
-from services.catalog import convert
 from services.trainer.session import Session
 from services.trainer.trainer import Published
 
@@ -41,4 +41,4 @@ class CatalogPublisher:
             metrics=metrics,
             idempotency_key=name,
         )
-        return Published(address=f"mint://{revision.address}", number=revision.number, adapter=convert.adapter_ref(revision))
+        return Published(address=f"mint://{revision.address}", number=revision.number, adapter=adapter_ref(revision))

@@ -8,9 +8,9 @@ import psutil
 import pytest
 
 from mint.adapters.packing import pack
+from mint.blobs import LocalBlobStore, receive
 from mint.errors import MintError
 from mint.models.loading import read_config
-from services.catalog.blobs import LocalBlobStore, receive
 from services.engine.config import EngineConfig
 from services.engine.engine import Engine, collect
 from services.engine.sampling import SamplingParams

@@ -8,9 +8,9 @@ from __future__ import annotations
 import os
 
 from mint import auth
+from mint.blobs import LocalBlobStore
 from mint.params import AdamParams, SamplingParams
 from mint.sdk import next_token_datum
-from services.catalog.blobs import LocalBlobStore
 from services.local_fleet import LocalFleet
 from tests.fleet.conftest import HEARTBEAT_S
 
