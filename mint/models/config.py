@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import torch
 
+from mint.config import DTYPE_NAMES
 from mint.errors import invalid
 
 Architecture = Literal["llama", "mistral", "qwen2", "qwen3"]
@@ -24,7 +25,7 @@ _HF_CLASS_NAMES = {
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
 }
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 _HF_REQUIRED_KEYS = (
     "vocab_size",
     "hidden_size",

@@ -1,44 +1,26 @@
-"""Catalog configuration. The environment is read once, by `from_env`, at the entry point."""
+"""Catalog configuration: the fleet's shared fields (mint.config; it publishes policy-change notices under
+`redis_prefix`) and the catalog's own. The environment is read once, by `from_env`, at the entry point."""
 
 from __future__ import annotations
 
 import dataclasses
-import os
 
 from mint.adapters import Limits
-from mint.limits import RequestLimits
+from mint.config import FleetConfig, env_field
 
 
 @dataclasses.dataclass(kw_only=True, slots=True)
-class CatalogConfig:
-    database_url: str = "sqlite:///.mint/catalog.db"
-    blob_dir: str = ".mint/blobs"
-    address: str = "127.0.0.1:0"
-    admin_key: str = ""          # ensured to exist at start (bootstraps a deployment)
-    admin_tenant: str = "admin"
-    redis_url: str = ""          # where policy-change notices go, for gateways' resolve caches
-    max_rank: int = 256
-    max_adapter_bytes: int = 2 * 1024**3
-    max_workers: int = 64
-    migrate: bool = True
-    request_limits: RequestLimits = dataclasses.field(default_factory=RequestLimits)  # mint.limits
+class CatalogConfig(FleetConfig):
+    database_url: str = env_field("MINT_DATABASE_URL", "sqlite:///.mint/catalog.db")
+    blob_dir: str = env_field("MINT_BLOB_DIR", ".mint/blobs")
+    address: str = env_field("MINT_CATALOG_ADDRESS", "0.0.0.0:50051")
+    admin_key: str = env_field("MINT_ADMIN_KEY", "")  # ensured to exist at start (bootstraps a deployment)
+    admin_tenant: str = env_field("MINT_ADMIN_TENANT", "admin")
+    max_rank: int = env_field("MINT_MAX_RANK", 256)
+    max_adapter_bytes: int = env_field("MINT_MAX_ADAPTER_BYTES", 2 * 1024**3)
+    max_workers: int = env_field("MINT_CATALOG_WORKERS", 64)
+    migrate: bool = env_field("MINT_MIGRATE", True)
 
     @property
     def limits(self) -> Limits:
         return Limits(max_rank=self.max_rank, max_bytes=self.max_adapter_bytes)
-
-    @classmethod
-    def from_env(cls, **overrides) -> CatalogConfig:
-        env = os.environ
-        names = {
-            "database_url": "MINT_DATABASE_URL",
-            "blob_dir": "MINT_BLOB_DIR",
-            "address": "MINT_CATALOG_ADDRESS",
-            "admin_key": "MINT_ADMIN_KEY",
-            "admin_tenant": "MINT_ADMIN_TENANT",
-            "redis_url": "MINT_REDIS_URL",
-        }
-        values = {field: env[var] for field, var in names.items() if var in env}
-        values.setdefault("address", "0.0.0.0:50051")
-        values["request_limits"] = RequestLimits.from_env(env)
-        return cls(**{**values, **overrides})

@@ -29,7 +29,7 @@ def open_catalog(config: CatalogConfig) -> Catalog:
         log.info("removed %d staging files of uploads that never finished", removed)
     catalog = Catalog(store, blobs, config.limits)
     if config.redis_url:
-        catalog.policy_listeners.append(RedisPolicyBus(config.redis_url).publish)
+        catalog.policy_listeners.append(RedisPolicyBus(config.redis_url, config.redis_prefix).publish)
     return catalog
 
 

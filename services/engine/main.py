@@ -33,12 +33,12 @@ def open_engine(config: EngineConfig) -> Engine:
     """An engine that fetches adapters from the catalog at config.catalog_address (reading them straight from
     the catalog's blob store when config.blob_dir names it), and registers its base model there when its key
     may (an admin key; otherwise an operator runs `mint base register`)."""
-    source: AdapterSource = CatalogBlobSource(channel(config.catalog_address), config.api_key)
+    source: AdapterSource = CatalogBlobSource(channel(config.catalog_address), config.service_key)
     if config.blob_dir:
         source = BlobStoreSource(LocalBlobStore(config.blob_dir, create=False), fallback=source)
     engine = Engine(config, source)
     try:
-        CatalogClient(channel(config.catalog_address), config.api_key).register_base_dir(config.model_path, engine.base_model)
+        CatalogClient(channel(config.catalog_address), config.service_key).register_base_dir(config.model_path, engine.base_model)
     except MintError as err:
         log.warning("base model %s not registered by this engine: %s", engine.base_model, err)
     return engine.start()

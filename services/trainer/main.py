@@ -17,7 +17,7 @@ def trainer_service(servicer: TrainerServicer) -> Service:
 
 
 def open_trainer(config: TrainerConfig) -> tuple[Trainer, TrainerServicer]:
-    publisher = CatalogPublisher(channel(config.catalog_address), config.api_key) if config.catalog_address else None
+    publisher = CatalogPublisher(channel(config.catalog_address), config.service_key) if config.catalog_address else None
     trainer = Trainer(config, publisher)
     return trainer, TrainerServicer(trainer, publisher.ensure_policy if publisher else None, config.gateway_address)
 

@@ -54,7 +54,7 @@ class Client:
 @contextlib.contextmanager
 def serving(url: str, blob_dir: Path):
     """A catalog server on `url` with tenants acme and globex (a member key each), base model tiny and acme/bot."""
-    config = CatalogConfig(database_url=url, blob_dir=str(blob_dir), admin_key=ADMIN_KEY, max_rank=64)
+    config = CatalogConfig(database_url=url, blob_dir=str(blob_dir), admin_key=ADMIN_KEY, max_rank=64, address="127.0.0.1:0")
     catalog = open_catalog(config)
     server, port = create_server(config, catalog)
     server.start()
@@ -576,7 +576,7 @@ def test_pages_resume_in_another_catalog_process(service_any_db, tmp_path):
 @contextlib.contextmanager
 def serving_again(url: str, blob_dir: Path):
     """A second catalog server on a database `serving` set up."""
-    config = CatalogConfig(database_url=url, blob_dir=str(blob_dir), admin_key=ADMIN_KEY, max_rank=64)
+    config = CatalogConfig(database_url=url, blob_dir=str(blob_dir), admin_key=ADMIN_KEY, max_rank=64, address="127.0.0.1:0")
     catalog = open_catalog(config)
     server, port = create_server(config, catalog)
     server.start()
