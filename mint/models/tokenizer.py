@@ -4,12 +4,21 @@ A model directory carries `tokenizer.json` (read with the `tokenizers` library) 
 (special tokens, chat template). Chat templates are untrusted Jinja from model authors, so they render in
 Jinja's immutable sandbox with the globals transformers provides to them.
 
+Chat prompts are encoded so that only the template makes control tokens: the text of a special token
+inside a message's content (`<|im_start|>assistant` typed by a user) is encoded as the plain text it is,
+so a message cannot forge turns (`encode_chat`). Plain `encode` parses special tokens wherever they appear:
+a raw completion prompt is the caller's whole prompt, markers included.
+
 `write_byte_level_tokenizer` makes the small deterministic tokenizer that random test bases ship with.
 """
 
 from __future__ import annotations
 
+import bisect
+import functools
 import json
+import re
+import secrets
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -18,8 +27,8 @@ from typing import Any
 import jinja2
 import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from mint.errors import invalid, not_found
 
@@ -57,6 +66,11 @@ class Tokenizer:
         )
         self.chat_template = chat_template
         self._template = _compile_chat_template(chat_template) if chat_template else None
+        # Control tokens: added tokens flagged special, and the ones tokenizer_config.json names.
+        named = {self._id_of(token) for token in self.special_tokens.values()} | set(self.eos_token_ids)
+        self.special_token_ids = frozenset(
+            {i for i, token in backend.get_added_tokens_decoder().items() if token.special} | (named - {None})
+        )
 
     @classmethod
     def from_dir(cls, path: str | Path) -> Tokenizer:
@@ -114,6 +128,122 @@ class Tokenizer:
         except jinja2.TemplateError as e:
             raise invalid(f"chat template rejected the conversation: {e}") from e
 
+    def encode_chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        allow_special_tokens_in_content: bool = False,
+    ) -> list[int]:
+        """The conversation rendered with the chat template, as token ids.
+
+        Control tokens come from the template only: a special token's text inside a message's content
+        encodes as ordinary text tokens, and a role that contains one is refused (roles are template
+        structure). allow_special_tokens_in_content=True encodes the rendered text as a whole, so content
+        may carry control tokens (transformers' apply_chat_template(tokenize=True) does that). Conversations
+        whose contents hold no special token's text encode the same either way.
+        """
+        text = self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+        encoding = self.backend.encode(text, add_special_tokens=False)
+        if allow_special_tokens_in_content:
+            return encoding.ids
+        for i, message in enumerate(messages):
+            self._refuse_special_tokens(
+                message.get("role"),
+                f"message {i}'s role",
+                "a role is part of the template's structure, only contents may spell out special tokens",
+            )
+        spans = self._content_spans(messages, add_generation_prompt, text)
+        if spans is None:
+            # The template changes contents as it renders them (trims them, say), so where each one lies
+            # in the text is not known: accept only contents that hold no control token at all.
+            for i, message in enumerate(messages):
+                self._refuse_special_tokens(
+                    message.get("content"),
+                    f"message {i}'s content",
+                    "this base model's chat template rewrites contents, so it can't be kept as text: remove it, "
+                    "or set allow_special_tokens_in_content to send it as that token",
+                )
+            return encoding.ids
+        starts = [start for start, _ in spans]
+        structural: list[tuple[int, int, int]] = []  # (start, end, id) of the template's own control tokens
+        forged = False
+        for token_id, (start, end) in zip(encoding.ids, encoding.offsets, strict=True):
+            if token_id not in self.special_token_ids:
+                continue
+            if _overlaps(_strip_span(text, start, end), spans, starts):
+                forged = True
+            else:
+                structural.append((start, end, token_id))
+        if not forged:
+            return encoding.ids
+        # Encode again with a copy that reads control tokens' text as text, the template's own control
+        # tokens each replaced by a marker the copy matches as a token of its own: the text is split where
+        # the first encoding split it (normalizers and pre-tokenizers see the same pieces), then each marker
+        # becomes the control token it stands for.
+        plain, marker, marker_id = self._plain_backend
+        pieces: list[str] = []
+        last = 0
+        for start, end, _ in structural:
+            pieces += [text[last:start], marker]
+            last = end
+        pieces.append(text[last:])
+        ids = plain.encode("".join(pieces), add_special_tokens=False).ids
+        if ids.count(marker_id) != len(structural):
+            raise invalid("a message's content contains text this server reserves; remove it")
+        control = iter(token_id for _, _, token_id in structural)
+        return [next(control) if token_id == marker_id else token_id for token_id in ids]
+
+    @functools.cached_property
+    def _plain_backend(self) -> tuple[HFTokenizer, str, int]:
+        """A copy of the backend that encodes every control token's text as ordinary text, and matches one
+        extra token, a marker no one outside this process can know: (copy, marker, marker's id)."""
+        spec = json.loads(self.backend.to_str())
+        for token in spec.get("added_tokens", []):
+            if token["id"] in self.special_token_ids:
+                token["special"] = True  # encode_special_tokens passes over special tokens only
+        plain = HFTokenizer.from_str(json.dumps(spec))
+        plain.encode_special_tokens = True
+        marker = f"\ue000{secrets.token_hex(16)}\ue001"
+        plain.add_tokens([AddedToken(marker, normalized=False)])
+        return plain, marker, plain.token_to_id(marker)
+
+    def _content_spans(
+        self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool, text: str
+    ) -> list[tuple[int, int]] | None:
+        """Where each message's content lies in `text`, the rendered conversation: the template is rendered
+        again with a random marker in place of each content, and the markers give the places. None when
+        putting the contents back in the markers' places does not give `text` (the template rewrote them)."""
+        nonce = secrets.token_hex(8)
+        marked = [
+            {**m, "content": f"\ue000{nonce}:{i}\ue001"} if isinstance(m.get("content"), str) else m
+            for i, m in enumerate(messages)
+        ]
+        skeleton = self.apply_chat_template(marked, add_generation_prompt=add_generation_prompt)
+        spans: list[tuple[int, int]] = []
+        rebuilt: list[str] = []
+        length = 0
+        last = 0
+        for match in re.finditer(f"\ue000{nonce}:(\\d+)\ue001", skeleton):
+            structure = skeleton[last : match.start()]
+            content = messages[int(match.group(1))]["content"]
+            rebuilt += [structure, content]
+            length += len(structure)
+            spans.append((length, length + len(content)))
+            length += len(content)
+            last = match.end()
+        rebuilt.append(skeleton[last:])
+        return spans if "".join(rebuilt) == text else None
+
+    def _refuse_special_tokens(self, value: Any, what: str, why: str) -> None:
+        if not isinstance(value, str):
+            return
+        found = [
+            i for i in self.backend.encode(value, add_special_tokens=False).ids if i in self.special_token_ids
+        ]
+        if found:
+            raise invalid(f"{what} contains the special token {self.backend.id_to_token(found[0])!r}; {why}")
+
     def _id_of(self, token: str | None) -> int | None:
         return None if token is None else self.backend.token_to_id(token)
 
@@ -153,6 +283,24 @@ def write_byte_level_tokenizer(path: str | Path, *, vocab_size: int) -> Tokenize
     }
     (path / TOKENIZER_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     return Tokenizer.from_dir(path)
+
+
+def _strip_span(text: str, start: int, end: int) -> tuple[int, int]:
+    """A matched control token's span without the whitespace it absorbed (tokens with lstrip/rstrip take the
+    spaces around them, which may belong to a neighbouring content)."""
+    piece = text[start:end]
+    core = piece.strip()
+    if not core:
+        return start, end
+    left = start + piece.index(core)
+    return left, left + len(core)
+
+
+def _overlaps(span: tuple[int, int], spans: Sequence[tuple[int, int]], starts: Sequence[int]) -> bool:
+    """Whether `span` shares a character with one of `spans` (sorted, disjoint; `starts` their starts)."""
+    start, end = span
+    k = bisect.bisect_left(starts, end) - 1  # the last span that starts before `span` ends
+    return k >= 0 and spans[k][1] > start
 
 
 def _compile_chat_template(source: str) -> jinja2.Template:

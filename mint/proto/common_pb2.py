@@ -25,31 +25,31 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14mint/v1/common.proto\x12\x07mint.v1\"\xb3\x01\n\nAdapterRef\x12\x13\n\x0brevision_id\x18\x01 \x01(\x03\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12\x0c\n\x04rank\x18\x05 \x01(\x05\x12\r\n\x05\x61lpha\x18\x06 \x01(\x01\x12\x12\n\nuse_rslora\x18\x07 \x01(\x08\x12\x16\n\x0etarget_modules\x18\x08 \x03(\t\x12\x12\n\nbase_model\x18\t \x01(\t\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"T\n\nChatPrompt\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.mint.v1.ChatMessage\x12\x1e\n\x16\x63ontinue_final_message\x18\x02 \x01(\x08\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"j\n\x06Prompt\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12#\n\x06tokens\x18\x02 \x01(\x0b\x32\x11.mint.v1.TokenIdsH\x00\x12#\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x13.mint.v1.ChatPromptH\x00\x42\x06\n\x04kind\"\xca\x01\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\x05\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\r\n\x05top_p\x18\x04 \x01(\x02\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\x05\x12\t\n\x01n\x18\x08 \x01(\x05\x12\x10\n\x08logprobs\x18\t \x01(\x08\x12\x12\n\nignore_eos\x18\n \x01(\x08\x42\x07\n\x05_seed\"\x94\x01\n\x0bSampleChunk\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x10\n\x08logprobs\x18\x04 \x03(\x02\x12,\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x15.mint.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x06 \x01(\x05\"A\n\nTensorData\x12\x12\n\nfloat_data\x18\x01 \x03(\x02\x12\x10\n\x08int_data\x18\x02 \x03(\x03\x12\r\n\x05shape\x18\x03 \x03(\x03\"4\n\x0bPageRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t*z\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x02\x12\x19\n\x15\x46INISH_REASON_ABORTED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14mint/v1/common.proto\x12\x07mint.v1\"\xb3\x01\n\nAdapterRef\x12\x13\n\x0brevision_id\x18\x01 \x01(\x03\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12\x0c\n\x04rank\x18\x05 \x01(\x05\x12\r\n\x05\x61lpha\x18\x06 \x01(\x01\x12\x12\n\nuse_rslora\x18\x07 \x01(\x08\x12\x16\n\x0etarget_modules\x18\x08 \x03(\t\x12\x12\n\nbase_model\x18\t \x01(\t\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"}\n\nChatPrompt\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.mint.v1.ChatMessage\x12\x1e\n\x16\x63ontinue_final_message\x18\x02 \x01(\x08\x12\'\n\x1f\x61llow_special_tokens_in_content\x18\x03 \x01(\x08\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"j\n\x06Prompt\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12#\n\x06tokens\x18\x02 \x01(\x0b\x32\x11.mint.v1.TokenIdsH\x00\x12#\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x13.mint.v1.ChatPromptH\x00\x42\x06\n\x04kind\"\xca\x01\n\x0eSamplingParams\x12\x12\n\nmax_tokens\x18\x01 \x01(\x05\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\r\n\x05top_p\x18\x04 \x01(\x02\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x16\n\x0estop_token_ids\x18\x07 \x03(\x05\x12\t\n\x01n\x18\x08 \x01(\x05\x12\x10\n\x08logprobs\x18\t \x01(\x08\x12\x12\n\nignore_eos\x18\n \x01(\x08\x42\x07\n\x05_seed\"\x94\x01\n\x0bSampleChunk\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x10\n\x08logprobs\x18\x04 \x03(\x02\x12,\n\rfinish_reason\x18\x05 \x01(\x0e\x32\x15.mint.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x06 \x01(\x05\"A\n\nTensorData\x12\x12\n\nfloat_data\x18\x01 \x03(\x02\x12\x10\n\x08int_data\x18\x02 \x03(\x03\x12\r\n\x05shape\x18\x03 \x03(\x03\"4\n\x0bPageRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t*z\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x01\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x02\x12\x19\n\x15\x46INISH_REASON_ABORTED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mint.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=957
-  _globals['_FINISHREASON']._serialized_end=1079
+  _globals['_FINISHREASON']._serialized_start=998
+  _globals['_FINISHREASON']._serialized_end=1120
   _globals['_ADAPTERREF']._serialized_start=34
   _globals['_ADAPTERREF']._serialized_end=213
   _globals['_CHATMESSAGE']._serialized_start=215
   _globals['_CHATMESSAGE']._serialized_end=259
   _globals['_CHATPROMPT']._serialized_start=261
-  _globals['_CHATPROMPT']._serialized_end=345
-  _globals['_TOKENIDS']._serialized_start=347
-  _globals['_TOKENIDS']._serialized_end=370
-  _globals['_PROMPT']._serialized_start=372
-  _globals['_PROMPT']._serialized_end=478
-  _globals['_SAMPLINGPARAMS']._serialized_start=481
-  _globals['_SAMPLINGPARAMS']._serialized_end=683
-  _globals['_SAMPLECHUNK']._serialized_start=686
-  _globals['_SAMPLECHUNK']._serialized_end=834
-  _globals['_TENSORDATA']._serialized_start=836
-  _globals['_TENSORDATA']._serialized_end=901
-  _globals['_PAGEREQUEST']._serialized_start=903
-  _globals['_PAGEREQUEST']._serialized_end=955
+  _globals['_CHATPROMPT']._serialized_end=386
+  _globals['_TOKENIDS']._serialized_start=388
+  _globals['_TOKENIDS']._serialized_end=411
+  _globals['_PROMPT']._serialized_start=413
+  _globals['_PROMPT']._serialized_end=519
+  _globals['_SAMPLINGPARAMS']._serialized_start=522
+  _globals['_SAMPLINGPARAMS']._serialized_end=724
+  _globals['_SAMPLECHUNK']._serialized_start=727
+  _globals['_SAMPLECHUNK']._serialized_end=875
+  _globals['_TENSORDATA']._serialized_start=877
+  _globals['_TENSORDATA']._serialized_end=942
+  _globals['_PAGEREQUEST']._serialized_start=944
+  _globals['_PAGEREQUEST']._serialized_end=996
 # @@protoc_insertion_point(module_scope)

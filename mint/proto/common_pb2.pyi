@@ -124,8 +124,14 @@ class ChatPrompt(_message.Message):
 
     MESSAGES_FIELD_NUMBER: _builtins.int
     CONTINUE_FINAL_MESSAGE_FIELD_NUMBER: _builtins.int
+    ALLOW_SPECIAL_TOKENS_IN_CONTENT_FIELD_NUMBER: _builtins.int
     continue_final_message: _builtins.bool
     """false (usual): the template opens a new assistant turn"""
+    allow_special_tokens_in_content: _builtins.bool
+    """false (usual): only the chat template makes control tokens; the text of a special token in a message's
+    content (a user typing "<|im_start|>assistant") is encoded as plain text, and a role holding one is
+    refused. true: the rendered conversation is encoded as a whole, so contents may carry control tokens.
+    """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatMessage]: ...
     def __init__(
@@ -133,10 +139,11 @@ class ChatPrompt(_message.Message):
         *,
         messages: _abc.Iterable[Global___ChatMessage] | None = ...,
         continue_final_message: _builtins.bool = ...,
+        allow_special_tokens_in_content: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["continue_final_message", b"continue_final_message", "messages", b"messages"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_special_tokens_in_content", b"allow_special_tokens_in_content", "continue_final_message", b"continue_final_message", "messages", b"messages"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -164,7 +171,10 @@ Global___TokenIds: _TypeAlias = TokenIds  # noqa: Y015
 
 @_typing.final
 class Prompt(_message.Message):
-    """A prompt given as text, as token ids, or as chat messages."""
+    """A prompt given as text, as token ids, or as chat messages. Text is the caller's whole prompt: special
+    tokens' text in it is parsed as those tokens (a completion prompt may spell out its own chat markers), so
+    text that embeds someone else's words should go as chat messages, or as token ids.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -38,8 +38,11 @@ def prompt_ids(engine: Engine, prompt: common_pb2.Prompt) -> list[int]:
         messages = [{"role": m.role, "content": m.content} for m in prompt.chat.messages]
         if not messages:
             raise invalid("a chat prompt needs at least one message")
-        text = engine.tokenizer.apply_chat_template(messages, add_generation_prompt=not prompt.chat.continue_final_message)
-        return engine.tokenizer.encode(text, add_special_tokens=False)
+        return engine.tokenizer.encode_chat(
+            messages,
+            add_generation_prompt=not prompt.chat.continue_final_message,
+            allow_special_tokens_in_content=prompt.chat.allow_special_tokens_in_content,
+        )
     raise invalid("the prompt is empty: set text, tokens or chat")
 
 
