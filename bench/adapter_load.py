@@ -46,9 +46,9 @@ from bench.common import (
 )
 from mint.adapters import load_weights
 from mint.adapters.packing import pack
+from mint.adapters.spec import AdapterSpec
 from services.engine.config import EngineConfig
 from services.engine.engine import Engine
-from services.engine.residency import AdapterSpec
 
 RANKS = (8, 16, 64)
 ADAPTERS_PER_RANK = 4

@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 
 from mint.adapters import LORA_MODULES, AdapterConfig, AdapterWeights
+from mint.adapters.spec import AdapterSpec
 from mint.models.config import ModelConfig
 from mint.models.presets import init_base
-from services.engine.residency import AdapterSpec
 
 LIGHT_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
 

@@ -1,4 +1,6 @@
-"""PEFT LoRA adapters: config, strict safetensors reading, validation against a base, read and write."""
+"""PEFT LoRA adapters as data: config, strict safetensors reading, validation against a base, read and write;
+packing for slot copies (packing.py); what makes two adapters the same (identity.py) and the adapter a
+server is asked to load (spec.py)."""
 
 from mint.adapters.config import ATTN_MODULES, LORA_MODULES, MLP_MODULES, AdapterConfig
 from mint.adapters.peft import (

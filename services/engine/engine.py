@@ -2,7 +2,7 @@
 
 Callers (gRPC handlers, the embedded gateway, the trainer's sampling client) submit requests from any
 thread and read their events; a single engine thread owns the model, the KV cache and the slots, and runs
-steps: plan (scheduler.py), one forward over every scheduled token with per-token adapters, sample, report.
+steps: plan (planner.py), one forward over every scheduled token with per-token adapters, sample, report.
 
 A request is checked before it joins a step (prompt, parameters, adapter config), and what one request or
 adapter can still cause inside a step (an adapter the slots refuse, logits its weights drive to NaN, a
@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from mint.adapters import AdapterConfig
+from mint.adapters.spec import AdapterSpec
 from mint.errors import Code, MintError, invalid
 from mint.models.loading import load_model
 from mint.models.tokenizer import Tokenizer
@@ -38,11 +39,11 @@ from services.engine.attention import PagedAttention, SeqSpan
 from services.engine.config import EngineConfig
 from services.engine.kv_cache import KVCache
 from services.engine.lora import apply_lora
-from services.engine.residency import AdapterSource, AdapterSpec, Residency
+from services.engine.planner import Step, StepPlanner
+from services.engine.residency import Residency
 from services.engine.sampling import SamplingParams, make_generator, sample
-from services.engine.scheduler import Scheduler, Step
-from services.engine.sequences import Request, RequestKind, SampleEvent, check_stop, take_event
-from services.engine.sequences import Sequence as Seq
+from services.engine.sequences import Request, RequestKind, SampleEvent, SequenceState, check_stop, take_event
+from services.engine.sources import AdapterSource
 from services.engine.tiers import DiskCache, HostCache
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class Engine:
             self.lora, mc, DiskCache(Path(config.cache_dir) / "adapters", config.disk_budget_bytes),
             HostCache(config.host_budget_bytes), source, load_concurrency=config.load_concurrency,
         )
-        self.scheduler = Scheduler(self.cache, self.residency, max_batched_tokens=config.max_batched_tokens, max_num_seqs=config.max_num_seqs)
+        self.planner = StepPlanner(self.cache, self.residency, max_batched_tokens=config.max_batched_tokens, max_num_seqs=config.max_num_seqs)
         self._inbox: collections.deque[Request] = collections.deque()
         self._inbox_lock = threading.Lock()  # submitting vs. the loop's death draining the inbox
         self._wake = threading.Event()
@@ -107,7 +108,7 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout=30)
         self.residency.close()
-        for request in list(self.scheduler.running) + list(self.scheduler.waiting) + list(self._inbox):
+        for request in list(self.planner.running) + list(self.planner.waiting) + list(self._inbox):
             request.fail(MintError(Code.UNAVAILABLE, "the engine is shutting down"))
 
     @property
@@ -171,7 +172,7 @@ class Engine:
         if blocks_per_sample * params.n > self.cache.num_blocks:
             raise MintError(Code.RESOURCE_EXHAUSTED, f"{params.n} samples of {len(prompt)} + {params.max_tokens} tokens do not fit this engine's KV cache")
         request = Request(RequestKind.SAMPLE, prompt, adapter, params, request_id, buffered)
-        request.seqs.append(Seq(request, 0, list(prompt), make_generator(params, 0, self.device)))
+        request.seqs.append(SequenceState(request, 0, list(prompt), make_generator(params, 0, self.device)))
         return self._submit(request)
 
     def score(self, adapter: AdapterSpec | None, tokens: Sequence[int]) -> Request:
@@ -180,7 +181,7 @@ class Engine:
             raise invalid("each sequence needs at least 2 tokens to score")
         self._check_prompt(list(tokens), 0)
         request = Request(RequestKind.LOGPROBS, list(tokens), adapter, None)
-        request.seqs.append(Seq(request, 0, list(tokens), None))
+        request.seqs.append(SequenceState(request, 0, list(tokens), None))
         return self._submit(request)
 
     def compute_logprobs(self, adapter: AdapterSpec | None, sequences: Sequence[Sequence[int]], timeout_s: float | None = None) -> list[list[float]]:
@@ -256,9 +257,9 @@ class Engine:
 
     def _step(self) -> Step | None:
         while self._inbox:
-            self.scheduler.add(self._inbox.popleft())
+            self.planner.add(self._inbox.popleft())
         self.residency.install_wanted()
-        step = self.scheduler.plan()
+        step = self.planner.plan()
         if step is not None:
             self._run(step)
         return step
@@ -280,15 +281,15 @@ class Engine:
         with self._inbox_lock:
             inbox = list(self._inbox)
             self._inbox.clear()
-        held = list(self.scheduler.running) + list(self.scheduler.waiting) + inbox
-        self.scheduler.waiting.clear()
+        held = list(self.planner.running) + list(self.planner.waiting) + inbox
+        self.planner.waiting.clear()
         for request in held:
             self._fail(request, error)
 
     def _fail(self, request: Request, error: MintError) -> None:
         if request.done:
             return
-        self.scheduler.finish(request)
+        self.planner.finish(request)
         request.fail(error)
 
     def _run(self, step: Step) -> None:
@@ -325,8 +326,8 @@ class Engine:
         # and every row of a scoring request (to score the token after it).
         rows: list[int] = []
         owners: list[Request] = []  # the request of each row
-        samplers: list[tuple[Seq, int]] = []  # (sequence, index into rows)
-        scorers: list[tuple[Seq, int, list[int]]] = []  # (sequence, first index into rows, targets)
+        samplers: list[tuple[SequenceState, int]] = []  # (sequence, index into rows)
+        scorers: list[tuple[SequenceState, int, list[int]]] = []  # (sequence, first index into rows, targets)
         for w, span in zip(step.work, spans, strict=True):
             w.seq.num_cached += w.count
             request = w.seq.request
@@ -343,7 +344,7 @@ class Engine:
                 params = request.params
                 if params.n > 1 and len(request.seqs) == 1 and not w.seq.out_tokens:
                     children = [w.seq.fork(i, make_generator(params, i, device)) for i in range(1, params.n)]
-                    self.scheduler.fork(w.seq, children)
+                    self.planner.fork(w.seq, children)
                     samplers += [(child, row) for child in children]
         if not rows:
             return
@@ -382,7 +383,7 @@ class Engine:
             self._fail(request, error)
         return failed
 
-    def _sample(self, logits: torch.Tensor, samplers: list[tuple[Seq, int]]) -> None:
+    def _sample(self, logits: torch.Tensor, samplers: list[tuple[SequenceState, int]]) -> None:
         rows = [row for _, row in samplers]
         if rows != list(range(logits.shape[0])):  # forked samples share their parent's row
             logits = logits.index_select(0, torch.tensor(rows, device=self.device))
@@ -411,7 +412,7 @@ class Engine:
                 log.exception("engine %s: reporting request %s failed", self.engine_id, request.request_id)
                 self._fail(request, MintError(Code.INTERNAL, f"engine {self.engine_id} failed reporting this request (a bug; the engine logged it)"))
 
-    def _report(self, request: Request, sampled: list[Seq]) -> None:
+    def _report(self, request: Request, sampled: list[SequenceState]) -> None:
         """After its sequences got a token: stop checks, events, and the request's end."""
         for seq in sampled:
             check_stop(seq, self.tokenizer, self.eos_ids, self.max_model_len)
@@ -422,12 +423,12 @@ class Engine:
             if event is not None:
                 request.events.put(event)
             if seq.finish is not None:
-                self.scheduler.finish_seq(seq)
+                self.planner.finish_seq(seq)
         if not request.live:
             self._finish(request)
 
     def _finish(self, request: Request) -> None:
-        self.scheduler.finish(request)
+        self.planner.finish(request)
         self.requests_finished += 1
         request.events.put(None)
 
@@ -442,7 +443,7 @@ class Engine:
 
     @property
     def queue_depth(self) -> int:
-        return len(self.scheduler.waiting) + len(self._inbox)
+        return len(self.planner.waiting) + len(self._inbox)
 
 
 def collect(request: Request, timeout_s: float | None = None) -> dict[int, SampleEvent]:

@@ -18,7 +18,7 @@ import time
 from mint.errors import MintError
 from mint.proto.common_pb2 import AdapterRef
 from services.engine.engine import Engine
-from services.engine.residency import LoadFailed
+from services.engine.failures import LoadFailed
 from services.scheduler.base import EngineInfo, EngineLoad, LoadItem, Scheduler
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class FleetAgent:
                     registered, reported = True, None
                 if now >= next_beat:
                     engine = self.engine
-                    load = EngineLoad(running=engine.scheduler.num_running_seqs, waiting=engine.queue_depth, tokens_per_s=engine.tokens_per_s())
+                    load = EngineLoad(running=engine.planner.num_running_seqs, waiting=engine.queue_depth, tokens_per_s=engine.tokens_per_s())
                     if not self.scheduler.heartbeat(self.info.engine_id, load):
                         registered = False
                         continue

@@ -1,9 +1,9 @@
 """Requests and their sequences inside the engine, and what they send back.
 
-A `Request` is one Sample or logprob-scoring call. It starts as one `Sequence` holding the prompt; once the
-prompt is prefilled, a sampling request with n > 1 forks into n sequences that share the prompt's KV
-blocks. Each sequence feeds `tokens[num_cached:]` to the model step by step; when everything it holds is
-cached, the step's last logits give its next token.
+A `Request` is one Sample or logprob-scoring call. It starts as one `SequenceState` holding the prompt;
+once the prompt is prefilled, a sampling request with n > 1 forks into n sequences that share the prompt's
+KV blocks. Each sequence feeds `tokens[num_cached:]` to the model step by step; when everything it holds is
+cached, the step's last logits give its next token. A finished sample says why with the SDK's `Finish`.
 """
 
 from __future__ import annotations
@@ -17,18 +17,13 @@ import time
 
 import torch
 
+from mint.adapters.spec import AdapterSpec
 from mint.errors import MintError
 from mint.models.tokenizer import Tokenizer
-from services.engine.residency import AdapterSpec
+from mint.sdk.types import Finish
 from services.engine.sampling import SamplingParams
 
 _ids = itertools.count(1)
-
-
-class Finish(enum.Enum):
-    LENGTH = "length"
-    STOP = "stop"
-    ABORTED = "aborted"
 
 
 @dataclasses.dataclass(slots=True)
@@ -43,7 +38,7 @@ class SampleEvent:
     prompt_tokens: int = 0
 
 
-class Sequence:
+class SequenceState:
     __slots__ = (
         "seq_id", "request", "index", "tokens", "num_cached", "blocks", "generator",
         "out_tokens", "out_logprobs", "text", "emitted_tokens", "emitted_text", "finish",
@@ -69,8 +64,8 @@ class Sequence:
         """Tokens not yet fed to the model."""
         return len(self.tokens) - self.num_cached
 
-    def fork(self, index: int, generator: torch.Generator | None) -> Sequence:
-        child = Sequence(self.request, index, list(self.tokens), generator)
+    def fork(self, index: int, generator: torch.Generator | None) -> SequenceState:
+        child = SequenceState(self.request, index, list(self.tokens), generator)
         child.num_cached = self.num_cached
         child.blocks = list(self.blocks)
         return child
@@ -102,14 +97,14 @@ class Request:
         self.arrival = time.monotonic()
         self.slot = 0  # adapter slot while admitted (0: base)
         self.admitted = False
-        self.seqs: list[Sequence] = []
+        self.seqs: list[SequenceState] = []
         self.prompt_logprobs: list[float] = []
         self.events: queue.Queue[SampleEvent | MintError | None] = queue.Queue()
         self.cancelled = threading.Event()
         self.done = False
 
     @property
-    def live(self) -> list[Sequence]:
+    def live(self) -> list[SequenceState]:
         return [s for s in self.seqs if s.finish is None]
 
     def cancel(self) -> None:
@@ -130,7 +125,7 @@ class Request:
         self.events.put(None)
 
 
-def check_stop(seq: Sequence, tokenizer: Tokenizer, eos_ids: frozenset[int], max_model_len: int) -> None:
+def check_stop(seq: SequenceState, tokenizer: Tokenizer, eos_ids: frozenset[int], max_model_len: int) -> None:
     """After a token is appended: decide whether the sample is finished, and keep its text current."""
     params = seq.request.params
     assert params is not None
@@ -149,7 +144,7 @@ def check_stop(seq: Sequence, tokenizer: Tokenizer, eos_ids: frozenset[int], max
         seq.finish = Finish.LENGTH
 
 
-def take_event(seq: Sequence, tokenizer: Tokenizer, *, first: bool) -> SampleEvent | None:
+def take_event(seq: SequenceState, tokenizer: Tokenizer, *, first: bool) -> SampleEvent | None:
     """The output a sample has not reported yet. Text that could still turn into a stop string, or that
     ends inside a multi-byte character, is held back until it is certain."""
     params = seq.request.params

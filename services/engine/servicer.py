@@ -11,14 +11,8 @@ from mint.server import time_left
 from services.engine.engine import Engine
 from services.engine.residency import Placement
 from services.engine.sampling import SamplingParams
-from services.engine.sequences import Finish, Request, SampleEvent
+from services.engine.sequences import Request, SampleEvent
 
-FINISH_TO_PB = {
-    None: common_pb2.FINISH_REASON_UNSPECIFIED,
-    Finish.LENGTH: common_pb2.FINISH_REASON_LENGTH,
-    Finish.STOP: common_pb2.FINISH_REASON_STOP,
-    Finish.ABORTED: common_pb2.FINISH_REASON_ABORTED,
-}
 TIER_TO_PB = {
     "device": engine_pb2.TIER_DEVICE,
     "host": engine_pb2.TIER_HOST,
@@ -52,7 +46,7 @@ def chunk_pb(event: SampleEvent) -> common_pb2.SampleChunk:
         token_ids=event.token_ids,
         text=event.text,
         logprobs=event.logprobs,
-        finish_reason=FINISH_TO_PB[event.finish],
+        finish_reason=event.finish.value if event.finish else common_pb2.FINISH_REASON_UNSPECIFIED,  # mint.sdk.types.Finish
         prompt_tokens=event.prompt_tokens,
     )
 
@@ -162,7 +156,7 @@ def engine_stats(engine: Engine, *, include_adapters: bool = False) -> engine_pb
             engine_pb2.TierStats(tier=engine_pb2.TIER_HOST, adapters=snap["host"][0], bytes=snap["host"][1], budget_bytes=residency.host.budget_bytes),
             engine_pb2.TierStats(tier=engine_pb2.TIER_DISK, adapters=snap["disk"][0], bytes=snap["disk"][1], budget_bytes=residency.disk.budget_bytes),
         ],
-        running=engine.scheduler.num_running_seqs,
+        running=engine.planner.num_running_seqs,
         waiting=engine.queue_depth,
         loading=snap["loading"],
         tokens_per_s=engine.tokens_per_s(),

@@ -1,15 +1,26 @@
-"""Where an engine gets adapter blobs it does not have: the catalog over gRPC, or a blob store in-process."""
+"""Where an engine gets adapter blobs it does not have (`AdapterSource`): the catalog over gRPC, or a blob
+store in-process."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 
 from mint.blobs import BlobStore
 from mint.sdk.catalog import CatalogClient
-from services.engine.residency import AdapterSource
+
+
+class AdapterSource(Protocol):
+    """Where blobs come from when they are not in the disk cache (the catalog, or a local blob store)."""
+
+    def fetch(self, sha256: str) -> Iterable[bytes]: ...
+
+    def local_path(self, sha256: str) -> Path | None:
+        """A file on this machine already holding the verified blob, or None (then `fetch` it)."""
+        ...
 
 
 class CatalogBlobSource:

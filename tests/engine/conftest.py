@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from mint.adapters import LORA_MODULES, AdapterConfig, AdapterWeights
+from mint.adapters.spec import AdapterSpec
 from mint.models.config import ModelConfig
 from mint.models.presets import init_base
 from services.engine.config import EngineConfig
 from services.engine.engine import Engine
-from services.engine.residency import AdapterSpec
 
 
 class MemorySource:

@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mint.adapters import AdapterWeights
 from mint.adapters.packing import pack
+from mint.adapters.spec import AdapterSpec
 from mint.errors import Code, MintError
 from mint.proto import common_pb2, engine_pb2, engine_pb2_grpc
 from mint.server import channel
@@ -22,7 +23,6 @@ from services.engine.config import EngineConfig
 from services.engine.engine import collect
 from services.engine.fleet import FleetAgent
 from services.engine.main import create_server
-from services.engine.residency import AdapterSpec
 from services.engine.sampling import SamplingParams
 from services.scheduler import LoadItem, MemoryScheduler
 from tests.engine.conftest import publish, random_adapter, wait_resident

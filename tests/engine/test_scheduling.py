@@ -9,9 +9,9 @@ import time
 import pytest
 
 from mint.errors import Code, MintError
+from mint.sdk.types import Finish
 from services.engine.engine import collect
 from services.engine.sampling import SamplingParams
-from services.engine.sequences import Finish
 from tests.engine.conftest import publish, random_adapter, wait_resident
 
 PROMPT = [3, 14, 15, 92, 65, 35, 89, 79, 32, 38]
@@ -70,7 +70,7 @@ def test_preemption_under_a_small_kv_cache_keeps_results_exact(tiny_base_dir, ma
     with tight.hold():
         requests = [tight.sample(None, PROMPT[:5] + [i], params) for i in range(6)]
     assert [collect(r, 120)[0].token_ids for r in requests] == expected
-    assert tight.scheduler.preemptions > 0
+    assert tight.planner.preemptions > 0
     assert tight.cache.allocator.num_free == 24
 
 
@@ -85,7 +85,7 @@ def test_cancel_frees_everything(tiny_base_dir, make_engine):
     while engine.cache.allocator.num_free != engine.cache.num_blocks:
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    assert not engine.scheduler.running
+    assert not engine.planner.running
 
 
 def test_a_loading_adapter_does_not_stall_resident_ones(tiny_base_dir, make_engine, source):

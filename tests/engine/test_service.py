@@ -113,6 +113,6 @@ def test_a_client_that_disconnects_frees_its_work(stub):
     next(stream)
     stream.cancel()
     deadline = time.monotonic() + 10
-    while engine.scheduler.running or engine.cache.allocator.num_free != engine.cache.num_blocks:
+    while engine.planner.running or engine.cache.allocator.num_free != engine.cache.num_blocks:
         assert time.monotonic() < deadline, "cancelled request still holds engine resources"
         time.sleep(0.02)

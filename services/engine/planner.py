@@ -1,4 +1,4 @@
-"""Continuous batching: which sequences feed which tokens into the next step.
+"""The engine's step planner (continuous batching): which sequences feed which tokens into the next step.
 
 Each step has a token budget. Running sequences go first (a decode is one token; an unfinished prefill
 continues in chunks), then waiting requests in arrival order, as long as their adapter is in a slot and the
@@ -14,14 +14,14 @@ from collections import deque
 
 from services.engine.kv_cache import KVCache
 from services.engine.residency import Residency, State
-from services.engine.sequences import Request, Sequence
+from services.engine.sequences import Request, SequenceState
 
 
 @dataclasses.dataclass(slots=True)
 class Work:
     """One sequence's share of a step: feed tokens[start : start + count]."""
 
-    seq: Sequence
+    seq: SequenceState
     start: int
     count: int
 
@@ -36,7 +36,7 @@ class Step:
     num_tokens: int
 
 
-class Scheduler:
+class StepPlanner:
     def __init__(self, cache: KVCache, residency: Residency, *, max_batched_tokens: int, max_num_seqs: int):
         self.cache = cache
         self.residency = residency
@@ -123,7 +123,7 @@ class Scheduler:
                 work.append(Work(seq, seq.num_cached, count))
                 budget -= count
 
-    def _blocks_needed(self, seq: Sequence, count: int) -> int:
+    def _blocks_needed(self, seq: SequenceState, count: int) -> int:
         size = self.cache.block_size
         last = (seq.num_cached + count - 1) // size
         need = max(0, last + 1 - len(seq.blocks))
@@ -132,7 +132,7 @@ class Scheduler:
             need += 1  # copy-on-write of a shared, partly filled block
         return need
 
-    def _reserve(self, seq: Sequence, count: int) -> bool:
+    def _reserve(self, seq: SequenceState, count: int) -> bool:
         """Blocks for positions num_cached .. num_cached+count-1, copying a shared block before writing."""
         allocator = self.cache.allocator
         if self._blocks_needed(seq, count) > allocator.num_free:
@@ -157,7 +157,7 @@ class Scheduler:
         self.waiting.appendleft(request)
         self.preemptions += 1
 
-    def _free_blocks(self, seq: Sequence) -> None:
+    def _free_blocks(self, seq: SequenceState) -> None:
         for block in seq.blocks:
             self.cache.allocator.free(block)
         seq.blocks = []
@@ -168,14 +168,14 @@ class Scheduler:
         request.admitted = False
         request.slot = 0
 
-    def fork(self, seq: Sequence, children: list[Sequence]) -> None:
+    def fork(self, seq: SequenceState, children: list[SequenceState]) -> None:
         """Children share every block of `seq` (the prompt); each copies the last one before writing."""
         for child in children:
             for block in child.blocks:
                 self.cache.allocator.share(block)
         seq.request.seqs.extend(children)
 
-    def finish_seq(self, seq: Sequence) -> None:
+    def finish_seq(self, seq: SequenceState) -> None:
         self._free_blocks(seq)
 
     def finish(self, request: Request) -> None:
