@@ -9,6 +9,9 @@ inside a message's content (`<|im_start|>assistant` typed by a user) is encoded 
 so a message cannot forge turns (`encode_chat`). Plain `encode` parses special tokens wherever they appear:
 a raw completion prompt is the caller's whole prompt, markers included.
 
+A base without `tokenizer.json` is still served and trained on token ids: `Tokenizer.from_dir_if_present`
+gives None for it, and text or chat calls fail with `no_tokenizer`'s FAILED_PRECONDITION.
+
 `write_byte_level_tokenizer` makes the small deterministic tokenizer that random test bases ship with.
 """
 
@@ -30,7 +33,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
-from mint.errors import invalid, not_found
+from mint.errors import MintError, invalid, not_found, precondition
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -97,6 +100,11 @@ class Tokenizer:
         return cls(
             backend, special_tokens=special_tokens, chat_template=template, extra_eos_token_ids=extra_eos
         )
+
+    @classmethod
+    def from_dir_if_present(cls, path: str | Path) -> Tokenizer | None:
+        """`from_dir`, or None when the directory has no `tokenizer.json` (a base used by token ids only)."""
+        return cls.from_dir(path) if (Path(path) / TOKENIZER_FILE).is_file() else None
 
     @property
     def vocab_size(self) -> int:
@@ -246,6 +254,12 @@ class Tokenizer:
 
     def _id_of(self, token: str | None) -> int | None:
         return None if token is None else self.backend.token_to_id(token)
+
+
+def no_tokenizer(base_model: str, path: str | Path) -> MintError:
+    """The error of a call that needs text (a text or chat prompt, stop strings, a tokenizer to download) on a
+    base whose directory `path` has no tokenizer.json."""
+    return precondition(f"base model {base_model} has no {TOKENIZER_FILE}; send token ids, or add the tokenizer to {path}")
 
 
 def write_byte_level_tokenizer(path: str | Path, *, vocab_size: int) -> Tokenizer:

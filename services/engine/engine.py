@@ -32,7 +32,7 @@ from mint.adapters import AdapterConfig
 from mint.adapters.spec import AdapterSpec
 from mint.errors import Code, MintError, invalid
 from mint.models.loading import load_model
-from mint.models.tokenizer import Tokenizer
+from mint.models.tokenizer import Tokenizer, no_tokenizer
 from mint.names import check_sha256
 from mint.runtime import compute_threads, release_workers
 from services.engine.attention import PagedAttention, SeqSpan
@@ -57,8 +57,10 @@ class Engine:
         model = load_model(config.model_path, dtype=config.torch_dtype, device=self.device)
         self.model_config = model.config
         self.base_model = config.base_model or Path(config.model_path).name
-        self.tokenizer = Tokenizer.from_dir(config.model_path)
-        self.eos_ids = frozenset(self.tokenizer.eos_token_ids) | frozenset(self.model_config.eos_token_ids)
+        # A base without tokenizer.json serves token prompts; text needs `text_tokenizer`.
+        self.tokenizer = Tokenizer.from_dir_if_present(config.model_path)
+        tokenizer_eos = self.tokenizer.eos_token_ids if self.tokenizer is not None else ()
+        self.eos_ids = frozenset(tokenizer_eos) | frozenset(self.model_config.eos_token_ids)
         self.max_model_len = config.max_model_len or min(self.model_config.max_position_embeddings, 4096)
 
         slot_bytes = _slot_bytes(model, config.max_lora_rank)
@@ -193,6 +195,13 @@ class Engine:
                 pass  # scoring requests report only at the end
         return [request.prompt_logprobs for request in requests]
 
+    def text_tokenizer(self) -> Tokenizer:
+        """The base's tokenizer, for calls that carry text (text and chat prompts, stop strings);
+        FAILED_PRECONDITION naming the missing file when the base ships none."""
+        if self.tokenizer is None:
+            raise no_tokenizer(self.base_model, self.config.model_path)
+        return self.tokenizer
+
     @contextlib.contextmanager
     def hold(self) -> Iterator[None]:
         """Keep the step loop from planning while requests are submitted, so they share the next step."""
@@ -208,6 +217,8 @@ class Engine:
             fields = [f.name for f in dataclasses.fields(params) if not _encodes(dataclasses.replace(SamplingParams(), **{f.name: getattr(params, f.name)}))]
             raise invalid(f"sampling parameters {', '.join(fields) or '?'} do not fit their message fields: {err}") from None
         SamplingParams.from_proto(message, max_model_len=self.max_model_len, vocab_size=self.model_config.vocab_size)
+        if params.stop:
+            self.text_tokenizer()  # stop strings are matched in the decoded text
 
     def _check_prompt(self, prompt: list[int], max_tokens: int) -> None:
         if not prompt:

@@ -125,12 +125,14 @@ class Request:
         self.events.put(None)
 
 
-def check_stop(seq: SequenceState, tokenizer: Tokenizer, eos_ids: frozenset[int], max_model_len: int) -> None:
-    """After a token is appended: decide whether the sample is finished, and keep its text current."""
+def check_stop(seq: SequenceState, tokenizer: Tokenizer | None, eos_ids: frozenset[int], max_model_len: int) -> None:
+    """After a token is appended: decide whether the sample is finished, and keep its text current (stop
+    strings come only with a tokenizer: the engine refuses them for a base without one)."""
     params = seq.request.params
     assert params is not None
     token = seq.out_tokens[-1]
     if params.stop:
+        assert tokenizer is not None
         seq.text = tokenizer.decode(seq.out_tokens)
         for stop in params.stop:
             at = seq.text.find(stop, max(0, seq.emitted_text - len(stop)))
@@ -144,12 +146,13 @@ def check_stop(seq: SequenceState, tokenizer: Tokenizer, eos_ids: frozenset[int]
         seq.finish = Finish.LENGTH
 
 
-def take_event(seq: SequenceState, tokenizer: Tokenizer, *, first: bool) -> SampleEvent | None:
+def take_event(seq: SequenceState, tokenizer: Tokenizer | None, *, first: bool) -> SampleEvent | None:
     """The output a sample has not reported yet. Text that could still turn into a stop string, or that
-    ends inside a multi-byte character, is held back until it is certain."""
+    ends inside a multi-byte character, is held back until it is certain. Without a tokenizer the text
+    stays empty: the tokens are the output."""
     params = seq.request.params
     assert params is not None
-    if not params.stop:
+    if tokenizer is not None and not params.stop:
         seq.text = tokenizer.decode(seq.out_tokens)
     text_end = len(seq.text)
     if seq.finish is None:

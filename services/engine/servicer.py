@@ -25,14 +25,14 @@ TIER_TO_PB = {
 def prompt_ids(engine: Engine, prompt: common_pb2.Prompt) -> list[int]:
     kind = prompt.WhichOneof("kind")
     if kind == "text":
-        return engine.tokenizer.encode(prompt.text)
+        return engine.text_tokenizer().encode(prompt.text)
     if kind == "tokens":
         return list(prompt.tokens.ids)
     if kind == "chat":
         messages = [{"role": m.role, "content": m.content} for m in prompt.chat.messages]
         if not messages:
             raise invalid("a chat prompt needs at least one message")
-        return engine.tokenizer.encode_chat(
+        return engine.text_tokenizer().encode_chat(
             messages,
             add_generation_prompt=not prompt.chat.continue_final_message,
             allow_special_tokens_in_content=prompt.chat.allow_special_tokens_in_content,

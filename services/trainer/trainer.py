@@ -30,6 +30,7 @@ from mint.adapters import AdapterConfig, AdapterWeights
 from mint.errors import Code, MintError, invalid, not_found
 from mint.models.attention import VarlenAttention
 from mint.models.loading import load_model
+from mint.models.tokenizer import TOKENIZER_FILE, no_tokenizer
 from mint.names import check_name
 from mint.params import AdamParams
 from mint.runtime import compute_threads, release_workers
@@ -109,8 +110,11 @@ class Trainer:
         self._worker.join(timeout=30)
 
     def tokenizer_files(self) -> dict[str, str]:
-        """The text files a client needs to rebuild the base's tokenizer (Tokenizer.from_dir)."""
+        """The text files a client needs to rebuild the base's tokenizer (Tokenizer.from_dir); FAILED_PRECONDITION
+        when the base has none (it trains on token ids all the same)."""
         root = Path(self.config.model_path)
+        if not (root / TOKENIZER_FILE).is_file():
+            raise no_tokenizer(self.base_model, root)
         names = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json", "config.json")
         return {name: (root / name).read_text() for name in names if (root / name).is_file()}
 
