@@ -3,6 +3,8 @@
 Callers (gRPC handlers, the embedded gateway, the trainer's sampling client) submit requests from any
 thread and read their events; a single engine thread owns the model, the KV cache and the slots, and runs
 steps: plan (planner.py), one forward over every scheduled token with per-token adapters, sample, report.
+Adapters reach their slots through the residency (residency.py). A base without tokenizer.json is served
+by token ids; calls that carry text need `text_tokenizer`, which names the missing file.
 
 A request is checked before it joins a step (prompt, parameters, adapter config), and what one request or
 adapter can still cause inside a step (an adapter the slots refuse, logits its weights drive to NaN, a

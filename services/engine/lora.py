@@ -3,7 +3,7 @@
 `apply_lora(model, num_slots, max_rank)` replaces every packed projection with a `LoRALinear` that keeps
 the base layer and preallocated slot tensors. Each step, the engine sets one `LoRABatch` (the kernels'
 `LoRAMeta`: which token uses which slot) that every wrapped layer reads; slot 0 means no adapter. Slots
-are filled and cleared with `set_slot` / `clear_slot`, between steps.
+are filled and cleared with `set_slot` / `clear_slot`, between steps, by the slot manager (slots.py).
 """
 
 from __future__ import annotations

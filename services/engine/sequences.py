@@ -3,7 +3,8 @@
 A `Request` is one Sample or logprob-scoring call. It starts as one `SequenceState` holding the prompt;
 once the prompt is prefilled, a sampling request with n > 1 forks into n sequences that share the prompt's
 KV blocks. Each sequence feeds `tokens[num_cached:]` to the model step by step; when everything it holds is
-cached, the step's last logits give its next token. A finished sample says why with the SDK's `Finish`.
+cached, the step's last logits give its next token. A finished sample says why with the SDK's `Finish`;
+its text is the decoded tokens, empty on a base without a tokenizer.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""EngineService over gRPC: prompts to token ids, engine calls, events to SampleChunk messages."""
+"""EngineService over gRPC: prompts to token ids (text and chat prompts with the base's tokenizer, which a
+base may lack: `Engine.text_tokenizer`), engine calls, events to SampleChunk messages."""
 
 from __future__ import annotations
 

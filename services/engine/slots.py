@@ -3,8 +3,8 @@ slots' tensors (`LoRAModel.set_slot` / `clear_slot`, lora.py).
 
 Slots are handed out lowest first; when none is free, the slot of the least recently used adapter that is
 neither pinned nor used by a running sequence is reused (eviction.py, the policy every tier uses). Slot 0
-is "no adapter" and never handed out. Called on the engine's step thread, between steps, under the
-residency's lock (residency.py), so no forward pass ever sees a slot change.
+is "no adapter" and never handed out. Slots are filled on the engine's step thread, between steps, so no
+forward pass ever sees a slot change; every call is made under the residency's lock (residency.py).
 """
 
 from __future__ import annotations
