@@ -119,7 +119,6 @@ class EmbeddedStack:
             StoreAuthenticator(self.catalog.store),
             config.request_limits,
         )
-        trainer_servicer.gateway_address = self.address  # recipe jobs call this process's own public API
 
     @property
     def address(self) -> str:
