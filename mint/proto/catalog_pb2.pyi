@@ -76,6 +76,7 @@ class Tenant(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.int
+    """reserved, always 0 (row ids are catalog-wide; names and sha256s identify things)"""
     name: _builtins.str
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
@@ -263,6 +264,7 @@ class BaseModel(_message.Message):
     NUM_LAYERS_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.int
+    """reserved, always 0 (row ids are catalog-wide; names and sha256s identify things)"""
     name: _builtins.str
     architecture: _builtins.str
     config_json: _builtins.str
@@ -427,6 +429,7 @@ class Policy(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     CREATED_BY_FIELD_NUMBER: _builtins.int
     id: _builtins.int
+    """reserved, always 0 (row ids are catalog-wide; names and sha256s identify things)"""
     tenant: _builtins.str
     name: _builtins.str
     full_name: _builtins.str
@@ -595,6 +598,7 @@ class Revision(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     RETRACTED_REASON_FIELD_NUMBER: _builtins.int
     id: _builtins.int
+    """reserved, always 0 (row ids are catalog-wide; names and sha256s identify things)"""
     policy: _builtins.str
     """tenant/policy"""
     number: _builtins.int
@@ -1133,6 +1137,7 @@ class AliasMove(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     AT_FIELD_NUMBER: _builtins.int
     id: _builtins.int
+    """reserved, always 0 (row ids are catalog-wide; names and sha256s identify things)"""
     policy: _builtins.str
     alias: _builtins.str
     from_number: _builtins.int
@@ -1228,6 +1233,7 @@ class AuditEvent(_message.Message):
     REVISION_NUMBER_FIELD_NUMBER: _builtins.int
     DETAILS_JSON_FIELD_NUMBER: _builtins.int
     id: _builtins.int
+    """reserved, always 0 (row ids are catalog-wide; names and sha256s identify things)"""
     tenant: _builtins.str
     actor: _builtins.str
     action: _builtins.str

@@ -61,7 +61,7 @@ class AdapterRef(_message.Message):
     TARGET_MODULES_FIELD_NUMBER: _builtins.int
     BASE_MODEL_FIELD_NUMBER: _builtins.int
     revision_id: _builtins.int
-    """catalog-wide id of the revision"""
+    """reserved, always 0: row ids would tell one tenant how busy the others are"""
     address: _builtins.str
     """"tenant/policy@N", for logs and errors"""
     sha256: _builtins.str
