@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -18,6 +19,7 @@ from mint.adapters.refs import adapter_ref
 from mint.errors import Code, MintError
 from mint.limits import RequestLimits
 from mint.models.loading import base_description
+from mint.proto import common_pb2
 from services.catalog import convert
 from services.catalog.catalog import Catalog, StoreAuthenticator
 from services.catalog.config import CatalogConfig
@@ -25,11 +27,12 @@ from services.catalog.main import catalog_service, open_catalog
 from services.engine.config import EngineConfig
 from services.engine.engine import Engine
 from services.engine.fleet import FleetAgent
+from services.engine.sequences import Request
+from services.engine.servicer import compute_logprobs, start_sample, stream_chunks
 from services.engine.sources import BlobStoreSource
-from services.gateway.engines import LocalEngines
 from services.gateway.main import sampling_service, start_reaper
 from services.gateway.resolver import ResolveCache
-from services.gateway.sampling import SamplingServicer
+from services.gateway.servicer import SamplingServicer
 from services.scheduler import MemoryScheduler
 from services.trainer.config import TrainerConfig
 from services.trainer.main import trainer_service
@@ -66,6 +69,32 @@ class LocalPublisher:
                 metrics=metrics, idempotency_key=name,
             )
         return Published(address=f"mint://{revision.address}", number=revision.number, adapter=adapter_ref(revision))
+
+
+class LocalEngines:
+    """The gateway's engine connector (services.gateway.engines.EngineConnector) in the embedded process: its
+    own engines, called without serialization."""
+
+    def __init__(self) -> None:
+        self.engines: dict[str, Engine] = {}  # address -> engine
+
+    def sample(self, address, request, timeout_s):
+        engine = self.engines[address]
+        return _LocalStream(engine, start_sample(engine, request))
+
+    def compute_logprobs(self, address, request, timeout_s):
+        return compute_logprobs(self.engines[address], request, timeout_s)
+
+
+class _LocalStream:
+    def __init__(self, engine: Engine, handle: Request):
+        self._engine, self._handle = engine, handle
+
+    def __iter__(self) -> Iterator[common_pb2.SampleChunk]:
+        return stream_chunks(self._handle)
+
+    def cancel(self) -> None:
+        self._engine.cancel(self._handle)
 
 
 @dataclasses.dataclass(kw_only=True)

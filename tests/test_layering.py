@@ -40,7 +40,6 @@ def test_the_ground_floor_imports_no_service(folder):
     assert not crossings, "\n".join(crossings)
 
 
-@pytest.mark.xfail(strict=True, reason="services/gateway/engines.py still imports services.engine.servicer for the embedded wiring (issue 14, open)")
 def test_no_service_imports_another_service():
     crossings = []
     for path in python_files("services"):

@@ -1,4 +1,5 @@
-"""How the gateway reaches engines: over gRPC in a fleet, or directly in the embedded process."""
+"""How the gateway reaches engines: the `EngineConnector` it calls through, and `GrpcEngines`, the fleet's
+connector. The embedded deployment connects to its engine in-process (services/embedded.py)."""
 
 from __future__ import annotations
 
@@ -62,33 +63,3 @@ class _GrpcStream:
     def cancel(self) -> None:
         self._call.cancel()
 
-
-class LocalEngines:
-    """The embedded process's own engines, called without serialization."""
-
-    def __init__(self) -> None:
-        self.engines: dict = {}  # address -> Engine
-
-    def sample(self, address, request, timeout_s):
-        from services.engine.servicer import start_sample
-
-        engine = self.engines[address]
-        return _LocalStream(engine, start_sample(engine, request))
-
-    def compute_logprobs(self, address, request, timeout_s):
-        from services.engine.servicer import compute_logprobs
-
-        return compute_logprobs(self.engines[address], request, timeout_s)
-
-
-class _LocalStream:
-    def __init__(self, engine, handle):
-        self._engine, self._handle = engine, handle
-
-    def __iter__(self) -> Iterator[common_pb2.SampleChunk]:
-        from services.engine.servicer import stream_chunks
-
-        return stream_chunks(self._handle)
-
-    def cancel(self) -> None:
-        self._engine.cancel(self._handle)

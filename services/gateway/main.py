@@ -17,7 +17,7 @@ from services.gateway.config import GatewayConfig
 from services.gateway.engines import GrpcEngines
 from services.gateway.forwarding import forwarding_handler
 from services.gateway.resolver import ResolveCache
-from services.gateway.sampling import SamplingServicer
+from services.gateway.servicer import SamplingServicer
 from services.scheduler import Scheduler, open_scheduler
 
 log = logging.getLogger(__name__)
