@@ -1,20 +1,29 @@
-"""What the recipes share: turning prompts into tokens the way the base model expects."""
+"""What the recipes share: their per-step report, checks on their settings, and turning prompts into tokens
+the way the base model expects."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
 
+from mint.errors import invalid
 from mint.models.tokenizer import Tokenizer
 
 
 @dataclasses.dataclass(slots=True)
 class StepReport:
-    """What a recipe reports after each step (and what `mint train` and RunRecipe show)."""
+    """What a recipe reports after each step (and what `mint train` shows)."""
 
     step: int
     metrics: dict[str, float]
     published: str = ""  # the mint:// address this step published, if it did
+
+
+def require(name: str, value, ok: bool, valid: str) -> None:
+    """A recipe setting checked when its config is built, before anything trains: INVALID_ARGUMENT naming
+    the setting, its value and what would have been valid."""
+    if not ok:
+        raise invalid(f"{name} is {value!r}; it must be {valid}")
 
 
 def prompt_tokens(tokenizer: Tokenizer, prompt: str | Sequence[dict[str, str]]) -> list[int]:

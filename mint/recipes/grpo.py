@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from mint.errors import invalid
 from mint.models.tokenizer import Tokenizer
-from mint.recipes.common import StepReport, prompt_tokens
+from mint.recipes.common import StepReport, prompt_tokens, require
 from mint.recipes.tasks import REWARDS, RL_TASKS
 from mint.sdk import AdamParams, SamplingParams, ServiceClient, TrainingClient, next_token_datum
 
@@ -41,6 +41,19 @@ class GRPOConfig:
     kl_coef: float = 0.0
     normalize_std: bool = True
     seed: int = 0
+
+    def __post_init__(self):
+        if self.task not in RL_TASKS:
+            raise invalid(f"unknown RL task {self.task!r}; built-in tasks: {sorted(RL_TASKS)}")
+        if self.reward_fn and self.reward_fn not in REWARDS:
+            raise invalid(f"unknown reward function {self.reward_fn[:64]!r}; registered: {sorted(REWARDS)}")
+        for name in ("steps", "prompts_per_step", "group_size", "max_tokens"):
+            require(name, getattr(self, name), getattr(self, name) >= 1, "at least 1")
+        require("learning_rate", self.learning_rate, 0 < self.learning_rate <= 1, "in (0, 1]")  # nan fails every comparison
+        require("clip_eps", self.clip_eps, 0 <= self.clip_eps < 1, "in [0, 1)")
+        for name in ("temperature", "clip_eps_high", "kl_coef"):
+            value = getattr(self, name)
+            require(name, value, math.isfinite(value) and value >= 0, "a finite number >= 0")
 
 
 def group_advantages(rewards: list[float], normalize_std: bool) -> list[float]:
@@ -63,13 +76,8 @@ def run_grpo(
     config: GRPOConfig,
     on_step: Callable[[StepReport], None] = lambda report: None,
 ) -> list[StepReport]:
-    if config.task not in RL_TASKS:
-        raise invalid(f"unknown RL task {config.task!r}; built-in tasks: {sorted(RL_TASKS)}")
     task = RL_TASKS[config.task]
-    reward_name = config.reward_fn or task.reward
-    if reward_name not in REWARDS:
-        raise invalid(f"unknown reward function {reward_name!r}; registered: {sorted(REWARDS)}")
-    reward_fn = REWARDS[reward_name]
+    reward_fn = REWARDS[config.reward_fn or task.reward]
     rng = random.Random(config.seed)
     base = service.create_sampling_client(base_model=client.base_model)
     sampler = client.save_weights_and_get_sampling_client("grpo-step-0")

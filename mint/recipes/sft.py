@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from mint.models.tokenizer import Tokenizer
-from mint.recipes.common import StepReport, completion_tokens, prompt_tokens
+from mint.recipes.common import StepReport, completion_tokens, prompt_tokens, require
 from mint.recipes.tasks import Example
 from mint.sdk import AdamParams, Datum, TrainingClient, next_token_datum
 
@@ -29,6 +29,13 @@ class SFTConfig:
     warmup_steps: int = 5
     publish_every: int = 0  # 0: publish once, at the end
     seed: int = 0
+
+    def __post_init__(self):
+        require("steps", self.steps, self.steps >= 1, "at least 1")
+        require("batch_size", self.batch_size, self.batch_size >= 1, "at least 1")
+        require("learning_rate", self.learning_rate, 0 < self.learning_rate <= 1, "in (0, 1]")  # nan fails every comparison
+        require("warmup_steps", self.warmup_steps, self.warmup_steps >= 0, "at least 0")
+        require("publish_every", self.publish_every, 0 <= self.publish_every <= self.steps, f"in 0..{self.steps} (0: only at the end)")
 
 
 def learning_rate(step: int, config: SFTConfig) -> float:
