@@ -80,11 +80,6 @@ class TrainerServiceStub:
                 request_serializer=mint_dot_v1_dot_trainer__pb2.LoadStateRequest.SerializeToString,
                 response_deserializer=mint_dot_v1_dot_trainer__pb2.TrainingSession.FromString,
                 _registered_method=True)
-        self.RunRecipe = channel.unary_stream(
-                '/mint.v1.TrainerService/RunRecipe',
-                request_serializer=mint_dot_v1_dot_trainer__pb2.RunRecipeRequest.SerializeToString,
-                response_deserializer=mint_dot_v1_dot_trainer__pb2.RecipeProgress.FromString,
-                _registered_method=True)
         self.GetTokenizer = channel.unary_unary(
                 '/mint.v1.TrainerService/GetTokenizer',
                 request_serializer=mint_dot_v1_dot_trainer__pb2.GetTokenizerRequest.SerializeToString,
@@ -149,13 +144,6 @@ class TrainerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def RunRecipe(self, request, context):
-        """A recipe (SFT, GRPO) run as a job over the same primitives, streaming per-step progress.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
     def GetTokenizer(self, request, context):
         """The base model's tokenizer files, so clients tokenize exactly as the trainer and engines do.
         """
@@ -210,11 +198,6 @@ def add_TrainerServiceServicer_to_server(servicer, server):
                     servicer.LoadState,
                     request_deserializer=mint_dot_v1_dot_trainer__pb2.LoadStateRequest.FromString,
                     response_serializer=mint_dot_v1_dot_trainer__pb2.TrainingSession.SerializeToString,
-            ),
-            'RunRecipe': grpc.unary_stream_rpc_method_handler(
-                    servicer.RunRecipe,
-                    request_deserializer=mint_dot_v1_dot_trainer__pb2.RunRecipeRequest.FromString,
-                    response_serializer=mint_dot_v1_dot_trainer__pb2.RecipeProgress.SerializeToString,
             ),
             'GetTokenizer': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTokenizer,
@@ -465,33 +448,6 @@ class TrainerService:
             '/mint.v1.TrainerService/LoadState',
             mint_dot_v1_dot_trainer__pb2.LoadStateRequest.SerializeToString,
             mint_dot_v1_dot_trainer__pb2.TrainingSession.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def RunRecipe(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
-            target,
-            '/mint.v1.TrainerService/RunRecipe',
-            mint_dot_v1_dot_trainer__pb2.RunRecipeRequest.SerializeToString,
-            mint_dot_v1_dot_trainer__pb2.RecipeProgress.FromString,
             options,
             channel_credentials,
             insecure,

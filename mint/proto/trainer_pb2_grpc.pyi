@@ -4,6 +4,8 @@
 isort:skip_file
 The trainer: one resident base, many LoRA training sessions, Tinker-shaped primitives.
 forward_backward calls from different sessions that arrive together run as one batched pass.
+Recipes (SFT, GRPO) are not RPCs here: they run as SDK clients of these primitives (mint.recipes,
+`mint train`), so the trainer never calls back into the gateway that called it.
 """
 
 from collections import abc as _abc
@@ -43,8 +45,6 @@ class TrainerServiceStub:
     SaveWeightsForSampler: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.SaveWeightsForSamplerRequest, _trainer_pb2.SaveWeightsForSamplerResponse]
     SaveState: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.SaveStateRequest, _trainer_pb2.SaveStateResponse]
     LoadState: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.LoadStateRequest, _trainer_pb2.TrainingSession]
-    RunRecipe: _grpc.UnaryStreamMultiCallable[_trainer_pb2.RunRecipeRequest, _trainer_pb2.RecipeProgress]
-    """A recipe (SFT, GRPO) run as a job over the same primitives, streaming per-step progress."""
     GetTokenizer: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.GetTokenizerRequest, _trainer_pb2.TokenizerFiles]
     """The base model's tokenizer files, so clients tokenize exactly as the trainer and engines do."""
 
@@ -60,8 +60,6 @@ class TrainerServiceAsyncStub(TrainerServiceStub):
     SaveWeightsForSampler: _aio.UnaryUnaryMultiCallable[_trainer_pb2.SaveWeightsForSamplerRequest, _trainer_pb2.SaveWeightsForSamplerResponse]  # type: ignore[assignment]
     SaveState: _aio.UnaryUnaryMultiCallable[_trainer_pb2.SaveStateRequest, _trainer_pb2.SaveStateResponse]  # type: ignore[assignment]
     LoadState: _aio.UnaryUnaryMultiCallable[_trainer_pb2.LoadStateRequest, _trainer_pb2.TrainingSession]  # type: ignore[assignment]
-    RunRecipe: _aio.UnaryStreamMultiCallable[_trainer_pb2.RunRecipeRequest, _trainer_pb2.RecipeProgress]  # type: ignore[assignment]
-    """A recipe (SFT, GRPO) run as a job over the same primitives, streaming per-step progress."""
     GetTokenizer: _aio.UnaryUnaryMultiCallable[_trainer_pb2.GetTokenizerRequest, _trainer_pb2.TokenizerFiles]  # type: ignore[assignment]
     """The base model's tokenizer files, so clients tokenize exactly as the trainer and engines do."""
 
@@ -128,14 +126,6 @@ class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _trainer_pb2.LoadStateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_trainer_pb2.TrainingSession, _abc.Awaitable[_trainer_pb2.TrainingSession]]: ...
-
-    @_abc_1.abstractmethod
-    def RunRecipe(
-        self,
-        request: _trainer_pb2.RunRecipeRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_trainer_pb2.RecipeProgress], _abc.AsyncIterator[_trainer_pb2.RecipeProgress]]:
-        """A recipe (SFT, GRPO) run as a job over the same primitives, streaming per-step progress."""
 
     @_abc_1.abstractmethod
     def GetTokenizer(

@@ -19,6 +19,4 @@ class TrainerConfig(ModelHostConfig):
     max_tokens_per_call: int = env_field("MINT_MAX_TOKENS_PER_CALL", 65_536)  # all of one forward_backward's data (several passes)
     address: str = env_field("MINT_TRAINER_ADDRESS", "127.0.0.1:0")
     catalog_address: str = env_field("MINT_CATALOG_URL", "")  # where revisions are published (with service_key)
-    gateway_address: str = env_field("MINT_GATEWAY_URL", "")  # where recipe jobs reach sampling and training (RunRecipe)
-    max_recipe_data_bytes: int = env_field("MINT_MAX_RECIPE_DATA_BYTES", 16 * 1024 * 1024)  # examples a RunRecipe uploads (JSONL)
     max_workers: int = env_field("MINT_TRAINER_WORKERS", 64)

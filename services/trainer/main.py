@@ -19,7 +19,7 @@ def trainer_service(servicer: TrainerServicer) -> Service:
 def open_trainer(config: TrainerConfig) -> tuple[Trainer, TrainerServicer]:
     publisher = CatalogPublisher(channel(config.catalog_address), config.service_key) if config.catalog_address else None
     trainer = Trainer(config, publisher)
-    return trainer, TrainerServicer(trainer, publisher.ensure_policy if publisher else None, config.gateway_address)
+    return trainer, TrainerServicer(trainer, publisher.ensure_policy if publisher else None)
 
 
 def create_server(config: TrainerConfig, servicer: TrainerServicer) -> tuple[grpc.Server, int]:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from mint import auth
-from mint.errors import Code, MintError, invalid
+from mint.errors import invalid
 from mint.names import PolicyName
 from mint.params import AdamParams
 from mint.proto import common_pb2, trainer_pb2, trainer_pb2_grpc
 from services.trainer.losses import FLOAT_INPUTS, INT_INPUTS, Datum
-from services.trainer.recipe_jobs import RecipeJob, plan_recipe
 from services.trainer.session import Session
 from services.trainer.trainer import PassResult, Trainer
 
@@ -71,12 +70,11 @@ def asking_key() -> str:
 
 
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
-    def __init__(self, trainer: Trainer, ensure_policy=None, gateway_address: str = ""):
+    def __init__(self, trainer: Trainer, ensure_policy=None):
         """`ensure_policy(tenant, policy, base_model, on_behalf_of)` creates the policy in the catalog when it
-        is missing; recipe jobs run through the public API at `gateway_address`, as the caller."""
+        is missing."""
         self.trainer = trainer
         self.ensure_policy = ensure_policy
-        self.gateway_address = gateway_address
 
     def _session(self, session_id: str) -> Session:
         principal = auth.current_principal()
@@ -124,16 +122,6 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def SaveState(self, request, context):
         session = self._session(request.session_id)
         return trainer_pb2.SaveStateResponse(path=self.trainer.save_state(session, request.name or f"step-{session.step}"))
-
-    def RunRecipe(self, request, context):
-        """The recipe runs on the same public primitives a client would use (through the gateway, with the
-        caller's key), on a thread of its own; its per-step reports stream back until it ends."""
-        if not self.gateway_address:
-            raise MintError(Code.FAILED_PRECONDITION, "this trainer runs no recipe jobs: it has no gateway address (MINT_GATEWAY_URL)")
-        plan = plan_recipe(request, self.trainer.config.max_recipe_data_bytes)
-        job = RecipeJob(self.gateway_address, auth.key_from_metadata(context.invocation_metadata()) or "", request.session, plan)
-        context.add_callback(job.cancel)
-        yield from job.run()
 
     def GetTokenizer(self, request, context):
         auth.current_principal()

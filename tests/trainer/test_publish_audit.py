@@ -1,6 +1,7 @@
 """Revisions a trainer publishes are audited as the key that asked for them, not as the trainer's service
 key: the trainer publishes on behalf of the caller of SaveWeightsForSampler (and creates the policy on
-behalf of the session's creator). Over the real embedded stack, with member keys."""
+behalf of the session's creator), and so are a recipe's, run by `mint train` with a member's key. Over the
+real embedded stack, with member keys."""
 
 from __future__ import annotations
 
@@ -8,24 +9,26 @@ import pytest
 
 from mint import auth
 from mint.params import AdamParams
-from mint.proto import trainer_pb2, trainer_pb2_grpc
+from mint.procs import embedded
 from mint.sdk import CatalogClient, ServiceClient, next_token_datum
-from mint.sdk.catalog import rpc_stream
-from services.embedded import TENANT, EmbeddedConfig, EmbeddedStack
+from services.embedded import TENANT, EmbeddedStack
 
 
 @pytest.fixture(scope="module")
 def stack(trainer_base, tmp_path_factory):
-    config = EmbeddedConfig(model_path=str(trainer_base), data_dir=str(tmp_path_factory.mktemp("stack")), address="127.0.0.1:0")
-    stack = EmbeddedStack(config).start()
+    stack = embedded(model_path=str(trainer_base), data_dir=str(tmp_path_factory.mktemp("stack")), address="127.0.0.1:0")
     yield stack
     stack.stop()
 
 
+def member_key(stack: EmbeddedStack, name: str) -> str:
+    admin = CatalogClient(ServiceClient(stack.address, stack.admin_key).channel, stack.admin_key)
+    return admin.create_api_key(TENANT, name, "member")
+
+
 def member(stack: EmbeddedStack, name: str) -> tuple[ServiceClient, str]:
     """A member key's client, and the key's id."""
-    admin = CatalogClient(ServiceClient(stack.address, stack.admin_key).channel, stack.admin_key)
-    key = admin.create_api_key(TENANT, name, "member")
+    key = member_key(stack, name)
     return ServiceClient(stack.address, key), auth.parse_key(key)[0]
 
 
@@ -54,13 +57,11 @@ def test_a_revision_is_audited_as_the_key_that_published_it(stack):
     assert not [actor for actor in events.values() if actor == "key:trainer"], events
 
 
-def test_a_recipe_jobs_revisions_are_audited_as_its_caller(stack):
-    carol, carol_id = member(stack, "carol")
-    request = trainer_pb2.RunRecipeRequest(
-        session=trainer_pb2.CreateSessionRequest(policy="job", rank=4, train_attn=True),
-        sft=trainer_pb2.SftRecipe(builtin_task="echo", steps=1, batch_size=2),
-    )
-    progress = list(rpc_stream(trainer_pb2_grpc.TrainerServiceStub(carol.channel).RunRecipe, request, metadata=carol.metadata))
-    assert progress[-1].published_address == "mint://local/job@1"
+def test_a_recipes_revisions_are_audited_as_the_key_that_ran_it(stack, mint_train):
+    key = member_key(stack, "carol")
+    carol, carol_id = ServiceClient(stack.address, key), auth.parse_key(key)[0]
+    done = mint_train(stack.address, key, "sft", "--policy", "job", "--task", "echo", "--steps", "1", "--batch-size", "2", "--rank", "4")
+    assert done.code == 0 and "-> mint://local/job@1" in done.printed, done.printed
+    assert carol.catalog.get_policy("job").created_by == f"key:{carol_id}"
     assert carol.catalog.get_revision("job@1").created_by == f"key:{carol_id}"
     assert actors(carol, "job")[("publish", 1)] == f"key:{carol_id}"

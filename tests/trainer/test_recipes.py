@@ -1,22 +1,23 @@
-"""Recipes end to end through the SDK: SFT learns, GRPO raises reward, and a killed trainer resumes."""
+"""Recipes end to end as SDK clients of a real server: SFT learns, GRPO raises reward, a killed trainer
+resumes, and `mint train sft|grpo` runs them from a process of its own against a running server."""
 
 from __future__ import annotations
 
 import pytest
 
 from mint import auth
-from mint.procs import ServiceProcess
+from mint.models.tokenizer import Tokenizer
+from mint.procs import ServiceProcess, embedded
 from mint.recipes.grpo import GRPOConfig, run_grpo
 from mint.recipes.sft import SFTConfig, run_sft
 from mint.recipes.tasks import REWARDS, SFT_TASKS
 from mint.sdk import CatalogClient, ServiceClient
 from mint.server import channel
-from services.embedded import EmbeddedConfig, EmbeddedStack
 
 
 @pytest.fixture
 def stack(trainer_base, tmp_path):
-    stack = EmbeddedStack(EmbeddedConfig(model_path=str(trainer_base), data_dir=str(tmp_path / "stack"), address="127.0.0.1:0")).start()
+    stack = embedded(model_path=str(trainer_base), data_dir=str(tmp_path / "stack"), address="127.0.0.1:0")
     service = ServiceClient(stack.address, stack.admin_key)
     yield stack, service
     service.close()
@@ -72,7 +73,7 @@ def test_a_killed_trainer_resumes_from_its_state_and_publishes_nothing_twice(tra
     try:
         service = ServiceClient(trainer.address, member)
         client = service.create_lora_training_client("tiny", "resumable", rank=4)
-        tokenizer = service.get_tokenizer()
+        tokenizer = Tokenizer.from_dir(trainer_base)  # a trainer alone, no engine: the client reads the base's own files
         saved = {}
 
         def checkpoint(report) -> None:
@@ -106,15 +107,27 @@ def test_a_killed_trainer_resumes_from_its_state_and_publishes_nothing_twice(tra
         catalog.stop()
 
 
-def test_run_recipe_streams_progress_of_a_server_side_job(stack):
-    from mint.proto import trainer_pb2, trainer_pb2_grpc
-
+def test_mint_train_sft_runs_the_recipe_as_a_client_and_reports_every_step(stack, mint_train):
     server, service = stack
-    request = trainer_pb2.RunRecipeRequest(
-        session=trainer_pb2.CreateSessionRequest(base_model=server.base_model, policy="job", rank=4, train_attn=True),
-        sft=trainer_pb2.SftRecipe(builtin_task="echo", steps=4, batch_size=2, learning_rate=1e-3, publish_every=2),
+    done = mint_train(
+        server.address, server.admin_key, "sft", "--policy", "job", "--task", "echo", "--steps", "4", "--batch-size", "2", "--rank", "4",
+        "--publish-every", "2",
     )
-    progress = list(trainer_pb2_grpc.TrainerServiceStub(service.channel).RunRecipe(request, metadata=service.metadata))
-    assert [p.step for p in progress] == [1, 2, 3, 4] and progress[-1].done
-    assert [p.published_address for p in progress if p.published_address] == ["mint://local/job@1", "mint://local/job@2"]
-    assert all("loss" in p.metrics for p in progress)
+    assert done.code == 0, done.printed
+    for step in range(1, 5):
+        assert f"step {step} loss " in done.printed, done.printed
+    assert "-> mint://local/job@1" in done.printed and "-> mint://local/job@2" in done.printed, done.printed
+    assert [r.source.rsplit("/", 1)[-1] for r in service.catalog.list_revisions("job")] == ["sft-step-2", "sft-step-4"]
+
+
+def test_mint_train_grpo_runs_the_recipe_as_a_client_and_publishes_every_step(stack, mint_train):
+    server, service = stack
+    done = mint_train(
+        server.address, server.admin_key, "grpo", "--policy", "rl-job", "--task", "brevity", "--steps", "2", "--prompts", "2",
+        "--group-size", "2", "--max-tokens", "4", "--rank", "4",
+    )
+    assert done.code == 0, done.printed
+    assert "step 1 reward_mean " in done.printed and "step 2 reward_mean " in done.printed, done.printed
+    # The revision it samples from first, then one a step: each step's rollouts come from the one before.
+    sources = [r.source.rsplit("/", 1)[-1] for r in service.catalog.list_revisions("rl-job")]
+    assert sources == ["grpo-step-0", "grpo-step-1", "grpo-step-2"], sources
