@@ -12,6 +12,9 @@ a raw completion prompt is the caller's whole prompt, markers included.
 A base without `tokenizer.json` is still served and trained on token ids: `Tokenizer.from_dir_if_present`
 gives None for it, and text or chat calls fail with `no_tokenizer`'s FAILED_PRECONDITION.
 
+Clients receive a base's tokenizer as the files it is read from (`tokenizer_files`, which engines serve
+through the gateway) and rebuild it with `Tokenizer.from_files`.
+
 `write_byte_level_tokenizer` makes the small deterministic tokenizer that random test bases ship with.
 """
 
@@ -22,6 +25,7 @@ import functools
 import json
 import re
 import secrets
+import tempfile
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -38,6 +42,9 @@ from mint.errors import MintError, invalid, not_found, precondition
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
+EOS_FILES = ("generation_config.json", "config.json")  # where models list more tokens they stop on
+# What `from_dir` reads: the files a client needs to rebuild a base's tokenizer (`tokenizer_files`).
+TOKENIZER_FILES = (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, CHAT_TEMPLATE_FILE, *EOS_FILES)
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -94,12 +101,22 @@ class Tokenizer:
             template = (path / CHAT_TEMPLATE_FILE).read_text()
 
         extra_eos: list[int] = []
-        for name in ("generation_config.json", "config.json"):
+        for name in EOS_FILES:
             eos = _read_json(path / name).get("eos_token_id")
             extra_eos += eos if isinstance(eos, list) else [] if eos is None else [eos]
         return cls(
             backend, special_tokens=special_tokens, chat_template=template, extra_eos_token_ids=extra_eos
         )
+
+    @classmethod
+    def from_files(cls, files: Mapping[str, str]) -> Tokenizer:
+        """The tokenizer that `tokenizer_files` gave these files of (name -> text); names that are not
+        tokenizer files are ignored."""
+        with tempfile.TemporaryDirectory(prefix="mint-tokenizer-") as scratch:
+            for name, text in files.items():
+                if name in TOKENIZER_FILES:
+                    (Path(scratch) / name).write_text(text)
+            return cls.from_dir(scratch)
 
     @classmethod
     def from_dir_if_present(cls, path: str | Path) -> Tokenizer | None:
@@ -254,6 +271,15 @@ class Tokenizer:
 
     def _id_of(self, token: str | None) -> int | None:
         return None if token is None else self.backend.token_to_id(token)
+
+
+def tokenizer_files(base_model: str, path: str | Path) -> dict[str, str]:
+    """The files of base `base_model`'s directory `path` that a client rebuilds its tokenizer from
+    (`Tokenizer.from_files`), name -> text; `no_tokenizer` when it has no tokenizer.json."""
+    path = Path(path)
+    if not (path / TOKENIZER_FILE).is_file():
+        raise no_tokenizer(base_model, path)
+    return {name: (path / name).read_text() for name in TOKENIZER_FILES if (path / name).is_file()}
 
 
 def no_tokenizer(base_model: str, path: str | Path) -> MintError:
