@@ -28,7 +28,7 @@ from services.engine.config import EngineConfig
 from services.engine.engine import Engine
 from services.engine.fleet import FleetAgent
 from services.engine.sequences import Request
-from services.engine.servicer import compute_logprobs, start_sample, stream_chunks
+from services.engine.servicer import base_tokenizer, compute_logprobs, start_sample, stream_chunks
 from services.engine.sources import BlobStoreSource
 from services.gateway.main import sampling_service, start_reaper
 from services.gateway.resolver import ResolveCache
@@ -84,6 +84,9 @@ class LocalEngines:
 
     def compute_logprobs(self, address, request, timeout_s):
         return compute_logprobs(self.engines[address], request, timeout_s)
+
+    def tokenizer(self, address, request, timeout_s):
+        return base_tokenizer(self.engines[address], request)
 
 
 class _LocalStream:

@@ -71,6 +71,11 @@ class EngineServiceStub:
                 request_serializer=mint_dot_v1_dot_engine__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=mint_dot_v1_dot_engine__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.GetTokenizer = channel.unary_unary(
+                '/mint.v1.EngineService/GetTokenizer',
+                request_serializer=mint_dot_v1_dot_engine__pb2.GetBaseTokenizerRequest.SerializeToString,
+                response_deserializer=mint_dot_v1_dot_engine__pb2.BaseTokenizer.FromString,
+                _registered_method=True)
 
 
 class EngineServiceServicer:
@@ -118,6 +123,13 @@ class EngineServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTokenizer(self, request, context):
+        """The files of the base's tokenizer; FAILED_PRECONDITION naming the missing file when the base has none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EngineServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -155,6 +167,11 @@ def add_EngineServiceServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=mint_dot_v1_dot_engine__pb2.GetModelInfoRequest.FromString,
                     response_serializer=mint_dot_v1_dot_engine__pb2.ModelInfo.SerializeToString,
+            ),
+            'GetTokenizer': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTokenizer,
+                    request_deserializer=mint_dot_v1_dot_engine__pb2.GetBaseTokenizerRequest.FromString,
+                    response_serializer=mint_dot_v1_dot_engine__pb2.BaseTokenizer.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -346,6 +363,33 @@ class EngineService:
             '/mint.v1.EngineService/GetModelInfo',
             mint_dot_v1_dot_engine__pb2.GetModelInfoRequest.SerializeToString,
             mint_dot_v1_dot_engine__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTokenizer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mint.v1.EngineService/GetTokenizer',
+            mint_dot_v1_dot_engine__pb2.GetBaseTokenizerRequest.SerializeToString,
+            mint_dot_v1_dot_engine__pb2.BaseTokenizer.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,8 @@ class EngineServiceStub:
     PinAdapter: _grpc.UnaryUnaryMultiCallable[_engine_pb2.PinAdapterRequest, _engine_pb2.AdapterStatus]
     GetStats: _grpc.UnaryUnaryMultiCallable[_engine_pb2.GetStatsRequest, _engine_pb2.EngineStats]
     GetModelInfo: _grpc.UnaryUnaryMultiCallable[_engine_pb2.GetModelInfoRequest, _engine_pb2.ModelInfo]
+    GetTokenizer: _grpc.UnaryUnaryMultiCallable[_engine_pb2.GetBaseTokenizerRequest, _engine_pb2.BaseTokenizer]
+    """The files of the base's tokenizer; FAILED_PRECONDITION naming the missing file when the base has none."""
 
 @_typing.type_check_only
 class EngineServiceAsyncStub(EngineServiceStub):
@@ -53,6 +55,8 @@ class EngineServiceAsyncStub(EngineServiceStub):
     PinAdapter: _aio.UnaryUnaryMultiCallable[_engine_pb2.PinAdapterRequest, _engine_pb2.AdapterStatus]  # type: ignore[assignment]
     GetStats: _aio.UnaryUnaryMultiCallable[_engine_pb2.GetStatsRequest, _engine_pb2.EngineStats]  # type: ignore[assignment]
     GetModelInfo: _aio.UnaryUnaryMultiCallable[_engine_pb2.GetModelInfoRequest, _engine_pb2.ModelInfo]  # type: ignore[assignment]
+    GetTokenizer: _aio.UnaryUnaryMultiCallable[_engine_pb2.GetBaseTokenizerRequest, _engine_pb2.BaseTokenizer]  # type: ignore[assignment]
+    """The files of the base's tokenizer; FAILED_PRECONDITION naming the missing file when the base has none."""
 
 class EngineServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -103,5 +107,13 @@ class EngineServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _engine_pb2.GetModelInfoRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_engine_pb2.ModelInfo, _abc.Awaitable[_engine_pb2.ModelInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def GetTokenizer(
+        self,
+        request: _engine_pb2.GetBaseTokenizerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_engine_pb2.BaseTokenizer, _abc.Awaitable[_engine_pb2.BaseTokenizer]]:
+        """The files of the base's tokenizer; FAILED_PRECONDITION naming the missing file when the base has none."""
 
 def add_EngineServiceServicer_to_server(servicer: EngineServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

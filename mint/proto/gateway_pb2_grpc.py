@@ -62,6 +62,11 @@ class SamplingServiceStub:
                 request_serializer=mint_dot_v1_dot_gateway__pb2.ListEnginesRequest.SerializeToString,
                 response_deserializer=mint_dot_v1_dot_gateway__pb2.ListEnginesResponse.FromString,
                 _registered_method=True)
+        self.GetTokenizer = channel.unary_unary(
+                '/mint.v1.SamplingService/GetTokenizer',
+                request_serializer=mint_dot_v1_dot_engine__pb2.GetBaseTokenizerRequest.SerializeToString,
+                response_deserializer=mint_dot_v1_dot_engine__pb2.BaseTokenizer.FromString,
+                _registered_method=True)
 
 
 class SamplingServiceServicer:
@@ -100,6 +105,14 @@ class SamplingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTokenizer(self, request, context):
+        """The tokenizer of base_model, from an engine serving it (NOT_FOUND when none does); an empty base_model
+        names the one base the engines serve.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SamplingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -127,6 +140,11 @@ def add_SamplingServiceServicer_to_server(servicer, server):
                     servicer.ListEngines,
                     request_deserializer=mint_dot_v1_dot_gateway__pb2.ListEnginesRequest.FromString,
                     response_serializer=mint_dot_v1_dot_gateway__pb2.ListEnginesResponse.SerializeToString,
+            ),
+            'GetTokenizer': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTokenizer,
+                    request_deserializer=mint_dot_v1_dot_engine__pb2.GetBaseTokenizerRequest.FromString,
+                    response_serializer=mint_dot_v1_dot_engine__pb2.BaseTokenizer.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -264,6 +282,33 @@ class SamplingService:
             '/mint.v1.SamplingService/ListEngines',
             mint_dot_v1_dot_gateway__pb2.ListEnginesRequest.SerializeToString,
             mint_dot_v1_dot_gateway__pb2.ListEnginesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTokenizer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mint.v1.SamplingService/GetTokenizer',
+            mint_dot_v1_dot_engine__pb2.GetBaseTokenizerRequest.SerializeToString,
+            mint_dot_v1_dot_engine__pb2.BaseTokenizer.FromString,
             options,
             channel_credentials,
             insecure,

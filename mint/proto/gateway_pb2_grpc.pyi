@@ -45,6 +45,10 @@ class SamplingServiceStub:
     """Bring a set of revisions into engines ahead of traffic (an evaluation sweep, a rollout)."""
     GetWave: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetWaveRequest, _gateway_pb2.Wave]
     ListEngines: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListEnginesRequest, _gateway_pb2.ListEnginesResponse]
+    GetTokenizer: _grpc.UnaryUnaryMultiCallable[_engine_pb2.GetBaseTokenizerRequest, _engine_pb2.BaseTokenizer]
+    """The tokenizer of base_model, from an engine serving it (NOT_FOUND when none does); an empty base_model
+    names the one base the engines serve.
+    """
 
 @_typing.type_check_only
 class SamplingServiceAsyncStub(SamplingServiceStub):
@@ -58,6 +62,10 @@ class SamplingServiceAsyncStub(SamplingServiceStub):
     """Bring a set of revisions into engines ahead of traffic (an evaluation sweep, a rollout)."""
     GetWave: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetWaveRequest, _gateway_pb2.Wave]  # type: ignore[assignment]
     ListEngines: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListEnginesRequest, _gateway_pb2.ListEnginesResponse]  # type: ignore[assignment]
+    GetTokenizer: _aio.UnaryUnaryMultiCallable[_engine_pb2.GetBaseTokenizerRequest, _engine_pb2.BaseTokenizer]  # type: ignore[assignment]
+    """The tokenizer of base_model, from an engine serving it (NOT_FOUND when none does); an empty base_model
+    names the one base the engines serve.
+    """
 
 class SamplingServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -98,5 +106,15 @@ class SamplingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.ListEnginesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.ListEnginesResponse, _abc.Awaitable[_gateway_pb2.ListEnginesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetTokenizer(
+        self,
+        request: _engine_pb2.GetBaseTokenizerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_engine_pb2.BaseTokenizer, _abc.Awaitable[_engine_pb2.BaseTokenizer]]:
+        """The tokenizer of base_model, from an engine serving it (NOT_FOUND when none does); an empty base_model
+        names the one base the engines serve.
+        """
 
 def add_SamplingServiceServicer_to_server(servicer: SamplingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -14,14 +14,12 @@ import asyncio
 import dataclasses
 import functools
 import os
-import tempfile
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from mint import auth
 from mint.errors import Code, MintError
-from mint.proto import common_pb2, gateway_pb2, gateway_pb2_grpc, trainer_pb2, trainer_pb2_grpc
+from mint.proto import common_pb2, engine_pb2, gateway_pb2, gateway_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 from mint.sdk.catalog import CatalogClient, rpc, rpc_stream
 from mint.sdk.types import (
     AdamParams,
@@ -89,16 +87,13 @@ class ServiceClient:
     def engines(self) -> list[gateway_pb2.EngineInfo]:
         return list(self._call(self._sampling, "ListEngines", gateway_pb2.ListEnginesRequest()).engines)
 
-    def get_tokenizer(self):
-        """The base model's tokenizer (mint.models.tokenizer.Tokenizer), fetched once and cached on disk."""
+    def get_tokenizer(self, base_model: str = ""):
+        """The tokenizer (mint.models.tokenizer.Tokenizer) of `base_model`, or of the one base the engines
+        serve, from an engine serving it."""
         from mint.models.tokenizer import Tokenizer
 
-        files = self._call(self._trainer, "GetTokenizer", trainer_pb2.GetTokenizerRequest())
-        cache = Path(tempfile.gettempdir()) / "mint-tokenizers" / files.base_model.replace("/", "_")
-        cache.mkdir(parents=True, exist_ok=True)
-        for name, content in files.files.items():
-            (cache / Path(name).name).write_text(content)
-        return Tokenizer.from_dir(cache)
+        files = self._call(self._sampling, "GetTokenizer", engine_pb2.GetBaseTokenizerRequest(base_model=base_model))
+        return Tokenizer.from_files(files.files)
 
 
 class TrainingClient:

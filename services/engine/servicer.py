@@ -1,12 +1,14 @@
 """EngineService over gRPC: prompts to token ids (text and chat prompts with the base's tokenizer, which a
-base may lack: `Engine.text_tokenizer`), engine calls, events to SampleChunk messages."""
+base may lack: `Engine.text_tokenizer`), engine calls, events to SampleChunk messages, and the base's
+tokenizer files for clients (through the gateway)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 from mint.adapters.identity import blob_of
-from mint.errors import invalid
+from mint.errors import invalid, not_found
+from mint.models.tokenizer import tokenizer_files
 from mint.proto import common_pb2, engine_pb2, engine_pb2_grpc
 from mint.server import time_left
 from services.engine.engine import Engine
@@ -92,6 +94,12 @@ def compute_logprobs(engine: Engine, request: engine_pb2.EngineLogprobsRequest, 
     return engine_pb2.LogprobsResponse(sequences=[engine_pb2.SequenceLogprobs(logprobs=r) for r in results])
 
 
+def base_tokenizer(engine: Engine, request: engine_pb2.GetBaseTokenizerRequest) -> engine_pb2.BaseTokenizer:
+    if request.base_model and request.base_model != engine.base_model:
+        raise not_found(f"this engine serves base model {engine.base_model!r}, not {request.base_model!r}")
+    return engine_pb2.BaseTokenizer(base_model=engine.base_model, files=tokenizer_files(engine.base_model, engine.config.model_path))
+
+
 class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -137,6 +145,9 @@ class EngineServicer(engine_pb2_grpc.EngineServiceServicer):
             max_lora_rank=engine.lora.max_rank,
             eos_token_ids=sorted(engine.eos_ids),
         )
+
+    def GetTokenizer(self, request, context):
+        return base_tokenizer(self.engine, request)
 
 
 def _status_pb(sha256: str, placement: Placement, address: str = "") -> engine_pb2.AdapterStatus:

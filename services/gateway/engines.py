@@ -23,6 +23,7 @@ class SampleStream(Protocol):
 class EngineConnector(Protocol):
     def sample(self, address: str, request: engine_pb2.EngineSampleRequest, timeout_s: float | None) -> SampleStream: ...
     def compute_logprobs(self, address: str, request: engine_pb2.EngineLogprobsRequest, timeout_s: float | None) -> engine_pb2.LogprobsResponse: ...
+    def tokenizer(self, address: str, request: engine_pb2.GetBaseTokenizerRequest, timeout_s: float | None) -> engine_pb2.BaseTokenizer: ...
 
 
 class GrpcEngines:
@@ -44,8 +45,14 @@ class GrpcEngines:
         return _GrpcStream(self._stub(address).Sample(request, metadata=self._metadata, timeout=timeout_s))
 
     def compute_logprobs(self, address, request, timeout_s):
+        return self._unary(self._stub(address).ComputeLogprobs, request, timeout_s)
+
+    def tokenizer(self, address, request, timeout_s):
+        return self._unary(self._stub(address).GetTokenizer, request, timeout_s)
+
+    def _unary(self, method, request, timeout_s):
         try:
-            return self._stub(address).ComputeLogprobs(request, metadata=self._metadata, timeout=timeout_s)
+            return method(request, metadata=self._metadata, timeout=timeout_s)
         except grpc.RpcError as err:
             raise MintError.from_rpc_error(err) from None
 

@@ -1,4 +1,5 @@
-"""SamplingService: resolve the policy name, route to an engine through the scheduler, stream the answer.
+"""SamplingService: resolve the policy name, route to an engine through the scheduler, stream the answer;
+and a base's tokenizer, from an engine serving that base.
 
 A request that fails because its engine is unreachable before the first token is retried on another
 engine; after the first token, the error goes to the client (its tokens cannot be un-sent). Deadlines and
@@ -15,7 +16,7 @@ import uuid
 
 from mint import auth
 from mint.adapters.identity import ref_key
-from mint.errors import Code, MintError, invalid
+from mint.errors import Code, MintError, invalid, not_found
 from mint.proto import engine_pb2, gateway_pb2, gateway_pb2_grpc
 from mint.proto.common_pb2 import AdapterRef
 from mint.server import time_left
@@ -90,6 +91,34 @@ class SamplingServicer(gateway_pb2_grpc.SamplingServiceServicer):
             raise MintError(Code.UNAVAILABLE, f"no engine is serving base model {base!r}")
         best = min(engines, key=lambda e: e.load.score)
         return Route(engine_id=best.info.engine_id, address=best.info.address, resident=True)
+
+    # --- tokenizers ---------------------------------------------------------------------------------------
+
+    def GetTokenizer(self, request, context):
+        auth.current_principal()
+        base = request.base_model or self._only_base()
+        if not self.scheduler.engines(base):
+            raise not_found(f"no engine serves base model {base!r}; the engines serve {self._bases()}")
+        engine_request = engine_pb2.GetBaseTokenizerRequest(base_model=base)
+        tried: set[str] = set()
+        while True:
+            route = self._route(None, base, tried)
+            try:
+                return self.engines.tokenizer(route.address, engine_request, time_left(context))
+            except MintError as err:
+                if not self._retryable(err, tried, route):
+                    raise
+
+    def _only_base(self) -> str:
+        bases = self._bases()
+        if len(bases) == 1:
+            return bases[0]
+        if not bases:
+            raise not_found("no engine serves a base model yet, so there is no tokenizer to give")
+        raise invalid(f"name the base_model whose tokenizer you want: the engines serve {bases}")
+
+    def _bases(self) -> list[str]:
+        return sorted({e.info.base_model for e in self.scheduler.engines()})
 
     # --- waves and engines -----------------------------------------------------------------------------
 

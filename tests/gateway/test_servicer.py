@@ -1,5 +1,6 @@
 """The gateway's SamplingService on the embedded stack, with two tenants that published the same bytes:
-neither sees the other's waves, addresses or revision names."""
+neither sees the other's waves, addresses or revision names; and the base's tokenizer, from the in-process
+engine."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 from mint.errors import Code, MintError
 from mint.models.config import ModelConfig
 from mint.models.presets import init_base
+from mint.models.tokenizer import Tokenizer
 from mint.sdk import SamplingParams, ServiceClient
 from services.embedded import EmbeddedConfig, EmbeddedStack
 from tests.engine.conftest import random_adapter
@@ -85,3 +87,13 @@ def test_a_load_failure_of_shared_bytes_names_only_the_callers_address(stack, ca
     assert error.code is Code.FAILED_PRECONDITION
     assert error.message.startswith(f"{rival_ref} could not be loaded on any engine: ")
     assert "acme" not in error.message and policy not in error.message
+
+
+def test_the_embedded_stack_gives_its_bases_tokenizer(stack):
+    stack, clients = stack
+    own = Tokenizer.from_dir(stack.config.model_path)
+    for served in (clients["acme"].get_tokenizer(), clients["rival"].get_tokenizer(stack.base_model)):
+        assert served.backend.to_str() == own.backend.to_str() and served.chat_template == own.chat_template
+        assert served.eos_token_ids == own.eos_token_ids
+    unknown = error_of(clients["acme"].get_tokenizer, "nope")
+    assert unknown.code is Code.NOT_FOUND and unknown.message == f"no engine serves base model 'nope'; the engines serve [{stack.base_model!r}]"
