@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -22,7 +23,16 @@ from mint.errors import MintError
 from mint.limits import RequestLimits, json_depth
 from mint.models.config import ModelConfig
 from mint.models.presets import init_base
-from mint.proto import catalog_pb2, catalog_pb2_grpc, common_pb2, gateway_pb2, gateway_pb2_grpc, trainer_pb2
+from mint.models.tokenizer import Tokenizer
+from mint.proto import (
+    catalog_pb2,
+    catalog_pb2_grpc,
+    common_pb2,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    trainer_pb2,
+    trainer_pb2_grpc,
+)
 from mint.server import build_server, channel
 from services.catalog.catalog import StoreAuthenticator
 from services.catalog.config import CatalogConfig
@@ -248,7 +258,11 @@ def test_every_rpc_refuses_bodies_that_are_not_its_message(stack, service, metho
 # --- item 4: prompts are measured before they are tokenized -------------------------------------------------
 
 
-def test_oversized_prompts_are_refused_before_tokenizing(stack):
+def test_oversized_prompts_are_refused_before_tokenizing(stack, monkeypatch):
+    tokenized: list[int] = []
+    for method in ("encode", "encode_chat"):
+        original = getattr(Tokenizer, method)
+        monkeypatch.setattr(Tokenizer, method, lambda self, *a, _original=original, **k: tokenized.append(1) or _original(self, *a, **k))
     sampling = gateway_pb2_grpc.SamplingServiceStub(stack["channel"])
     member = stack["members"][0]
     base = stack["stack"].base_model
@@ -265,8 +279,10 @@ def test_oversized_prompts_are_refused_before_tokenizing(stack):
     with pytest.raises(grpc.RpcError) as err:
         sampling.ComputeLogprobs(gateway_pb2.LogprobsRequest(base_model=base, sequences=[common_pb2.TokenIds(ids=[1] * 200_000)]), metadata=member)
     assert "max_prompt_tokens" in err.value.details()
+    assert tokenized == []  # refused before any tokenizer saw the text
     answer = list(sampling.Sample(gateway_pb2.SampleRequest(base_model=base, prompt=common_pb2.Prompt(text="hello"), params=params), metadata=member))
     assert answer and answer[0].token_ids
+    assert tokenized  # the spy does see what is tokenized
 
 
 # --- item 3: silent uploads cannot take the server's workers ------------------------------------------------
@@ -390,3 +406,53 @@ def test_limits_come_from_the_environment_and_name_bad_values():
         RequestLimits.from_env({"MINT_LIMIT_MAX_TEXT_BYTES": "lots"})
     with pytest.raises(MintError, match="max_json_depth must be positive"):
         RequestLimits(max_json_depth=0)
+
+
+# --- item 13 through the gateway: a ref outside the ASCII grammar is refused on every RPC that takes one ----------
+
+BAD_SELECTORS = ["²", "３", "١", "3\n", " 3", "+3", "03", "2147483648", "pr\u043ed"]  # `p@３` once meant revision 3
+
+
+def _gateway_ref_calls(sampling, base: str):
+    params = common_pb2.SamplingParams(max_tokens=1)
+    return {
+        "Sample": lambda ref, md: list(sampling.Sample(gateway_pb2.SampleRequest(model=ref, base_model=base, prompt=common_pb2.Prompt(tokens=common_pb2.TokenIds(ids=[1, 2])), params=params), metadata=md, timeout=20)),
+        "ComputeLogprobs": lambda ref, md: sampling.ComputeLogprobs(gateway_pb2.LogprobsRequest(model=ref, base_model=base, sequences=[common_pb2.TokenIds(ids=[1, 2])]), metadata=md, timeout=20),
+        "ActivateWave": lambda ref, md: sampling.ActivateWave(gateway_pb2.ActivateWaveRequest(refs=[ref], name="w"), metadata=md, timeout=20),
+    }
+
+
+@pytest.mark.parametrize("selector", BAD_SELECTORS)
+def test_every_gateway_rpc_taking_a_ref_refuses_refs_outside_the_ascii_grammar(stack, selector):
+    sampling = gateway_pb2_grpc.SamplingServiceStub(stack["channel"])
+    for name, send in _gateway_ref_calls(sampling, stack["stack"].base_model).items():
+        with pytest.raises(grpc.RpcError) as err:
+            send(f"acme/steady@{selector}", stack["members"][0])
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, selector, err.value.details())
+
+
+# --- item 6's neighbour: LoadState opens only the calling tenant's own saved states ---------------------------------
+
+
+def test_load_state_opens_only_the_tenants_own_saved_states(stack):
+    trainer = trainer_pb2_grpc.TrainerServiceStub(stack["channel"])
+    member = stack["members"][0]
+    session = trainer.CreateSession(
+        trainer_pb2.CreateSessionRequest(base_model=stack["stack"].base_model, policy="states", rank=2, train_attn=True), metadata=member
+    )
+    saved = trainer.SaveState(trainer_pb2.SaveStateRequest(session_id=session.session_id, name="s1"), metadata=member).path
+    tenant_root = Path(saved).parents[1]  # <state dir>/acme
+    hostile = [
+        "/etc/passwd", "/etc/shadow", "/proc/self/environ", "../../../../../../etc/passwd", "relative/s1.safetensors", "",
+        str(tenant_root / ".." / ".." / "admin.key"),  # the server's admin key, beside the state directory
+        str(tenant_root.parent / "local" / "states" / "s1.safetensors"),  # another tenant's
+        str(tenant_root), str(tenant_root / "states"),  # directories
+        str(tenant_root / "states" / "missing.safetensors"),
+        saved + "/..", saved + "/../../../admin.key",
+    ]
+    for path in hostile:
+        with pytest.raises(grpc.RpcError) as err:
+            trainer.LoadState(trainer_pb2.LoadStateRequest(session_id=session.session_id, path=path, with_optimizer=True), metadata=member)
+        assert err.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND), (path, err.value.code(), err.value.details())
+    loaded = trainer.LoadState(trainer_pb2.LoadStateRequest(session_id=session.session_id, path=saved, with_optimizer=True), metadata=member)
+    assert loaded.session_id == session.session_id

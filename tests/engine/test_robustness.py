@@ -97,7 +97,7 @@ def test_an_adapter_the_slots_refuse_is_marked_failed_and_its_batch_mates_finish
     assert len(collect(engine.sample(None, PROMPT, GREEDY), 60)[0].token_ids) == 6
 
 
-# --- item 6: what a blob can hold, each a precise client error --------------------------------------------
+# --- item 17 (engine side): what a blob can hold, each a precise client error --------------------------------------------
 
 
 def test_blobs_that_disagree_with_their_config_or_the_base_fail_with_the_reason(tiny_base_dir, make_engine, source):
@@ -145,7 +145,7 @@ def test_weights_that_overflow_the_activations_fail_only_their_request(tiny_base
     assert len(mates[2].prompt_logprobs) == len(PROMPT) - 1 and all(lp <= 0 for lp in mates[2].prompt_logprobs)
 
 
-# --- item 3: extreme but representable sampling parameters ------------------------------------------------
+# --- item 5: extreme but representable sampling parameters ------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -217,7 +217,7 @@ def test_extreme_parameters_over_grpc_are_answered(tiny_base_dir, make_engine):
         server.stop(None)
 
 
-# --- item 5: a failure is the adapter's; each caller's error names the caller's address --------------------
+# --- item 7: a failure is the adapter's; each caller's error names the caller's address --------------------
 
 
 def test_a_load_failure_names_each_callers_own_address(tiny_base_dir, make_engine, source):
