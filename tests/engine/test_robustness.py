@@ -24,7 +24,8 @@ from services.engine.engine import collect
 from services.engine.fleet import FleetAgent
 from services.engine.main import create_server
 from services.engine.sampling import SamplingParams
-from services.scheduler import LoadItem, MemoryScheduler
+from services.scheduler import LoadItem, MemoryScheduler, RedisScheduler
+from tests.conftest import TEST_REDIS_URL
 from tests.engine.conftest import publish, random_adapter, wait_resident
 
 PROMPT = [3, 14, 15, 92, 65, 35, 89, 79]
@@ -269,13 +270,17 @@ def kill_step_loop(engine) -> None:
 
 
 @pytest.mark.server_errors  # the engine logs its loop's end, as it must
-def test_a_dead_step_loop_stops_serving_health_and_heartbeats(tiny_base_dir, make_engine, source):
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_a_dead_step_loop_stops_serving_health_and_heartbeats(tiny_base_dir, make_engine, source, backend, redis_prefix):
     engine = make_engine(tiny_base_dir, base_model="tiny")
     server, port = create_server(EngineConfig(model_path=str(tiny_base_dir)), engine)
     server.start()
     ch = channel(f"127.0.0.1:{port}")
     health = health_pb2_grpc.HealthStub(ch)
-    scheduler = MemoryScheduler(heartbeat_s=0.05)
+    if backend == "memory":
+        scheduler = MemoryScheduler(heartbeat_s=0.05)
+    else:  # the fleet's: the engine must leave Redis too, so no gateway routes to it
+        scheduler = RedisScheduler(TEST_REDIS_URL, prefix=redis_prefix, heartbeat_s=0.05)
     agent = FleetAgent(engine, scheduler, f"127.0.0.1:{port}").start()
     stopped = threading.Event()
     engine.on_failure(stopped.set)
@@ -305,6 +310,9 @@ def test_a_dead_step_loop_stops_serving_health_and_heartbeats(tiny_base_dir, mak
             time.sleep(0.01)
         agent._thread.join(30)
         assert not agent._thread.is_alive() and scheduler.engines() == []
+        with pytest.raises(MintError) as unroutable:
+            scheduler.route(spec.key, "tiny")
+        assert unroutable.value.code is Code.UNAVAILABLE, unroutable.value
     finally:
         source.gate.set()
         agent.stop()
