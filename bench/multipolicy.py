@@ -51,7 +51,7 @@ from mint.sdk import SamplingParams, ServiceClient, TrainingClient, next_token_d
 from services.embedded import EmbeddedConfig, EmbeddedStack
 from services.engine.engine import collect
 from services.trainer.config import TrainerConfig
-from services.trainer.losses import Datum
+from services.trainer.losses import LossRow
 
 POLICIES, PROMPTS, GROUP, NEW_TOKENS, RANK = 4, 4, 4, 32, 16
 TASK = GRPOConfig().task  # the recipe's default task
@@ -138,17 +138,17 @@ def rollouts(engine, specs: list, prompts: list[list[int]], seed: int) -> list[l
     return out
 
 
-def trainer_data(group: list[tuple[list[int], list[int], list[float]]], rng: random.Random) -> list[Datum]:
+def trainer_data(group: list[tuple[list[int], list[int], list[float]]], rng: random.Random) -> list[LossRow]:
     """ppo data as run_grpo builds it (advantages drawn at random: only their shape matters here)."""
     data = []
     for prompt, tokens, logprobs in group:
         sdk = next_token_datum(prompt, tokens, logprobs=logprobs, advantages=[rng.choice((-1.0, 1.0))] * len(tokens))
         inputs = sdk.loss_fn_inputs
-        data.append(Datum(sdk.tokens, list(inputs["target_tokens"]), inputs["weights"], inputs["logprobs"], inputs["advantages"]))
+        data.append(LossRow(sdk.tokens, list(inputs["target_tokens"]), inputs["weights"], inputs["logprobs"], inputs["advantages"]))
     return data
 
 
-def forward_backward_s(trainer, sessions: list, data: list[list[Datum]], *, together: bool) -> tuple[float, int]:
+def forward_backward_s(trainer, sessions: list, data: list[list[LossRow]], *, together: bool) -> tuple[float, int]:
     """Seconds of the sessions' forward_backward calls (one after another, or all at once) minus the
     trainer's batch window per round of calls, and the number of passes the trainer ran."""
     window = trainer.config.batch_window_s

@@ -37,7 +37,10 @@ LOSS_CONFIG: dict[str, dict[str, tuple[float, float]]] = {
 
 
 @dataclasses.dataclass(slots=True)
-class Datum:
+class LossRow:
+    """One datum of a forward_backward or forward call as its loss reads it: the tokens, and each loss input
+    as a plain list (None where the caller sent none). The client's datum is mint.sdk.types.Datum."""
+
     tokens: list[int]
     target_tokens: list[int] | None = None
     weights: list[float] | None = None
@@ -91,7 +94,7 @@ def check_loss(loss_fn: str, config: dict[str, float]) -> None:
             raise invalid(f"loss_fn_config[{key!r}] is {value}; it must be a finite number in [{low:g}, {high:g})")
 
 
-def datum_loss(loss_fn: str, config: dict[str, float], logp: torch.Tensor, datum: Datum) -> torch.Tensor:
+def datum_loss(loss_fn: str, config: dict[str, float], logp: torch.Tensor, datum: LossRow) -> torch.Tensor:
     """The loss of one datum from its target logprobs `logp` [n]."""
     if loss_fn == "cross_entropy":
         weights = torch.ones_like(logp) if datum.weights is None else logp.new_tensor(datum.weights)

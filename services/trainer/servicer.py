@@ -7,13 +7,13 @@ from mint.errors import invalid
 from mint.names import PolicyName
 from mint.params import AdamParams
 from mint.proto import common_pb2, trainer_pb2, trainer_pb2_grpc
-from services.trainer.losses import FLOAT_INPUTS, INT_INPUTS, Datum
+from services.trainer.losses import FLOAT_INPUTS, INT_INPUTS, LossRow
 from services.trainer.session import Session
 from services.trainer.trainer import PassResult, Trainer
 
 
-def datum_from_pb(message: trainer_pb2.Datum, index: int) -> Datum:
-    """The datum of a request, each loss input in the form its loss reads (`Datum.check` then checks values
+def loss_row_from_pb(message: trainer_pb2.Datum, index: int) -> LossRow:
+    """The datum of a request, each loss input in the form its loss reads (`LossRow.check` then checks values
     and lengths against the loss)."""
     inputs: dict[str, list] = {}
     for key, tensor in message.loss_fn_inputs.items():
@@ -27,7 +27,7 @@ def datum_from_pb(message: trainer_pb2.Datum, index: int) -> Datum:
         if tensor.shape and list(tensor.shape) != [len(values)]:
             raise invalid(f"datum {index}: loss_fn_inputs[{key!r}] has shape {list(tensor.shape)[:8]} for {len(values)} values; expected [{len(values)}]")
         inputs[key] = list(values)
-    return Datum(tokens=list(message.tokens), **inputs)
+    return LossRow(tokens=list(message.tokens), **inputs)
 
 
 def result_pb(result: PassResult) -> trainer_pb2.ForwardBackwardResponse:
@@ -101,12 +101,12 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     def ForwardBackward(self, request, context):
         session = self._session(request.session_id)
-        data = [datum_from_pb(d, i) for i, d in enumerate(request.data)]
+        data = [loss_row_from_pb(d, i) for i, d in enumerate(request.data)]
         return result_pb(self.trainer.forward_backward(session, data, request.loss_fn or "cross_entropy", dict(request.loss_fn_config)))
 
     def Forward(self, request, context):
         session = self._session(request.session_id)
-        data = [datum_from_pb(d, i) for i, d in enumerate(request.data)]
+        data = [loss_row_from_pb(d, i) for i, d in enumerate(request.data)]
         return result_pb(self.trainer.forward(session, data, request.loss_fn or "cross_entropy", dict(request.loss_fn_config)))
 
     def OptimStep(self, request, context):

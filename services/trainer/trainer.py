@@ -7,7 +7,7 @@ gradient is exactly what its own call alone would give. A per-pass token budget 
 keeps peak memory flat however many sessions join.
 
 One call must never fail the calls it was batched with. Every call is checked whole before it joins a
-batch (`Datum.check`); a call whose loss still comes out non-finite fails alone and adds no gradient; and a
+batch (`LossRow.check`); a call whose loss still comes out non-finite fails alone and adds no gradient; and a
 pass that raises is run again call by call, so only the call that causes the failure sees it. Gradients
 reach the sessions only once a pass's backward has completed, so a pass run again adds them once.
 """
@@ -36,7 +36,7 @@ from mint.params import AdamParams
 from mint.runtime import compute_threads, release_workers
 from services.trainer.config import TrainerConfig
 from services.trainer.lora import LoRAPass, TrainableLoRA
-from services.trainer.losses import Datum, check_loss, datum_loss
+from services.trainer.losses import LossRow, check_loss, datum_loss
 from services.trainer.session import Session, target_modules
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class PassResult:
 @dataclasses.dataclass(slots=True, eq=False)  # compared and hashed by identity
 class _Call:
     session: Session
-    data: list[Datum]
+    data: list[LossRow]
     loss_fn: str
     loss_config: dict[str, float]
     backward: bool
@@ -153,10 +153,10 @@ class Trainer:
 
     # --- primitives ------------------------------------------------------------------------------------------
 
-    def forward_backward(self, session: Session, data: list[Datum], loss_fn: str, loss_config: dict[str, float] | None = None) -> PassResult:
+    def forward_backward(self, session: Session, data: list[LossRow], loss_fn: str, loss_config: dict[str, float] | None = None) -> PassResult:
         return self._submit(session, data, loss_fn, loss_config or {}, backward=True)
 
-    def forward(self, session: Session, data: list[Datum], loss_fn: str = "cross_entropy", loss_config: dict[str, float] | None = None) -> PassResult:
+    def forward(self, session: Session, data: list[LossRow], loss_fn: str = "cross_entropy", loss_config: dict[str, float] | None = None) -> PassResult:
         return self._submit(session, data, loss_fn, loss_config or {}, backward=False)
 
     def optim_step(self, session: Session, params: AdamParams) -> dict[str, float]:
@@ -192,7 +192,7 @@ class Trainer:
 
     # --- batched passes --------------------------------------------------------------------------------------
 
-    def _submit(self, session: Session, data: list[Datum], loss_fn: str, loss_config: dict[str, float], *, backward: bool) -> PassResult:
+    def _submit(self, session: Session, data: list[LossRow], loss_fn: str, loss_config: dict[str, float], *, backward: bool) -> PassResult:
         check_loss(loss_fn, loss_config)
         if not data:
             raise invalid("forward_backward needs at least one datum")
@@ -254,7 +254,7 @@ class Trainer:
     def _split(self, call: _Call, budget: int) -> list[_Call]:
         """A call too big for one pass becomes parts whose results are merged back into the call's future."""
         parts: list[_Call] = []
-        data: list[Datum] = []
+        data: list[LossRow] = []
         start = 0
         for index, datum in enumerate(call.data):
             if data and sum(len(d.tokens) for d in data) + len(datum.tokens) > budget:

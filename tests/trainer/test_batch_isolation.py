@@ -14,7 +14,7 @@ from mint.proto import common_pb2, trainer_pb2, trainer_pb2_grpc
 from mint.sdk import ServiceClient
 from mint.sdk.catalog import rpc
 from services.embedded import EmbeddedConfig, EmbeddedStack
-from services.trainer.losses import Datum
+from services.trainer.losses import LossRow
 from services.trainer.trainer import _Call
 
 WINDOW_S = 0.5  # long enough that calls sent together share a pass
@@ -158,7 +158,7 @@ def test_a_pass_that_raises_is_run_again_call_by_call(stack, alone):
     server, service = stack
     good_id = session(service, "good", seed=11)
     victim = server.trainer.session(session(service, "bad", seed=12))
-    unchecked = _Call(victim, [Datum(tokens=[1, 2], target_tokens=[2, 3], weights=[1.0, 1.0, 1.0])], "cross_entropy", {}, True)
+    unchecked = _Call(victim, [LossRow(tokens=[1, 2], target_tokens=[2, 3], weights=[1.0, 1.0, 1.0])], "cross_entropy", {}, True)
     good_request = trainer_pb2.ForwardBackwardRequest(session_id=good_id, data=GOOD, loss_fn="cross_entropy")
     with ThreadPoolExecutor(1) as pool:
         failing = server.trainer._enqueue(unchecked)

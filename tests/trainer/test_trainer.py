@@ -12,15 +12,15 @@ from transformers import AutoModelForCausalLM
 
 from mint.errors import Code, MintError
 from mint.params import AdamParams
-from services.trainer.losses import Datum
+from services.trainer.losses import LossRow
 
 
-def sft_data(seed: int, n: int = 3, length: int = 12) -> list[Datum]:
+def sft_data(seed: int, n: int = 3, length: int = 12) -> list[LossRow]:
     gen = torch.Generator().manual_seed(seed)
     data = []
     for _ in range(n):
         seq = torch.randint(0, 512, (length + 1,), generator=gen).tolist()
-        data.append(Datum(tokens=seq[:-1], target_tokens=seq[1:], weights=[0.0] * 3 + [1.0] * (length - 3)))
+        data.append(LossRow(tokens=seq[:-1], target_tokens=seq[1:], weights=[0.0] * 3 + [1.0] * (length - 3)))
     return data
 
 
@@ -128,13 +128,13 @@ def test_save_and_load_state_resume_exactly(make_trainer):
 @pytest.mark.parametrize(
     "datum, loss_fn, message",
     [
-        (Datum(tokens=[], target_tokens=[]), "cross_entropy", "datum 0: tokens is empty"),
-        (Datum(tokens=[1, 2], target_tokens=[2]), "cross_entropy", "'target_tokens'\\] has 1 values; expected 2"),
-        (Datum(tokens=[1, 2], target_tokens=[2, 3], weights=[1.0, 1.0, 1.0]), "cross_entropy", "'weights'\\] has 3 values; expected 2"),
-        (Datum(tokens=[1, 2], target_tokens=[2, 99999]), "cross_entropy", "'target_tokens'\\]\\[1\\] is 99999; token ids must be in 0..511"),
-        (Datum(tokens=[1, 2], target_tokens=[2, 3]), "ppo", "needs loss_fn_inputs\\['logprobs'\\]"),
-        (Datum(tokens=[1, 2], target_tokens=[2, 3]), "mystery", "unknown loss_fn"),
-        (Datum(tokens=[1, 2], target_tokens=[2, 3], weights=[1.0, float("nan")]), "cross_entropy", "\\[1\\] is nan; values must be finite"),
+        (LossRow(tokens=[], target_tokens=[]), "cross_entropy", "datum 0: tokens is empty"),
+        (LossRow(tokens=[1, 2], target_tokens=[2]), "cross_entropy", "'target_tokens'\\] has 1 values; expected 2"),
+        (LossRow(tokens=[1, 2], target_tokens=[2, 3], weights=[1.0, 1.0, 1.0]), "cross_entropy", "'weights'\\] has 3 values; expected 2"),
+        (LossRow(tokens=[1, 2], target_tokens=[2, 99999]), "cross_entropy", "'target_tokens'\\]\\[1\\] is 99999; token ids must be in 0..511"),
+        (LossRow(tokens=[1, 2], target_tokens=[2, 3]), "ppo", "needs loss_fn_inputs\\['logprobs'\\]"),
+        (LossRow(tokens=[1, 2], target_tokens=[2, 3]), "mystery", "unknown loss_fn"),
+        (LossRow(tokens=[1, 2], target_tokens=[2, 3], weights=[1.0, float("nan")]), "cross_entropy", "\\[1\\] is nan; values must be finite"),
     ],
 )
 def test_bad_data_is_refused(make_trainer, datum, loss_fn, message):
