@@ -17,9 +17,11 @@ from mint.errors import Code, MintError
 def run_train(args) -> int:
     console = Console()
     try:
-        examples = _sft_examples(args) if args.recipe == "sft" else []  # a bad file stops us before any server starts
+        # A bad file or setting stops us before any server starts, or any session or policy exists.
+        examples = _sft_examples(args) if args.recipe == "sft" else []
+        config = _config(args)
         with _server(args) as (address, api_key):
-            return _run(args, examples, address, api_key, console)
+            return _run(args, examples, config, address, api_key, console)
     except MintError as err:
         console.print(f"[red]{err}[/red]")
         return 1
@@ -43,7 +45,7 @@ def _server(args):
         stack.stop()
 
 
-def _run(args, examples: list, address: str, api_key: str, console: Console) -> int:
+def _run(args, examples: list, config, address: str, api_key: str, console: Console) -> int:
     from mint.sdk import ServiceClient
 
     service = ServiceClient(address, api_key)
@@ -61,19 +63,27 @@ def _run(args, examples: list, address: str, api_key: str, console: Console) -> 
             progress.console.print(f"step {report.step:>4}  {shown}{published}")  # the run's curve stays on screen
 
         if args.recipe == "sft":
-            from mint.recipes.sft import SFTConfig, run_sft
+            from mint.recipes.sft import run_sft
 
-            config = SFTConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, publish_every=args.publish_every, seed=args.seed)
             run_sft(client, tokenizer, examples, config, on_step)
         else:
-            from mint.recipes.grpo import GRPOConfig, run_grpo
+            from mint.recipes.grpo import run_grpo
 
-            config = GRPOConfig(
-                task=args.task, reward_fn=args.reward, steps=args.steps, prompts_per_step=args.prompts, group_size=args.group_size,
-                max_tokens=args.max_tokens, temperature=args.temperature, learning_rate=args.lr, kl_coef=args.kl, seed=args.seed,
-            )
             run_grpo(service, client, tokenizer, config, on_step)
     return 0
+
+
+def _config(args):
+    if args.recipe == "sft":
+        from mint.recipes.sft import SFTConfig
+
+        return SFTConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, publish_every=args.publish_every, seed=args.seed)
+    from mint.recipes.grpo import GRPOConfig
+
+    return GRPOConfig(
+        task=args.task, reward_fn=args.reward, steps=args.steps, prompts_per_step=args.prompts, group_size=args.group_size,
+        max_tokens=args.max_tokens, temperature=args.temperature, learning_rate=args.lr, kl_coef=args.kl, seed=args.seed,
+    )
 
 
 def _sft_examples(args) -> list:

@@ -130,5 +130,8 @@ def test_mint_train_sft_reads_its_data_file_on_the_client(stack, tmp_path, mint_
     assert (done.code, "cannot read --data" in done.printed) == (1, True), done.printed
     done = train("refused", "--data", str(data), "--task", "echo")
     assert (done.code, "give either --task (a built-in task) or --data" in done.printed) == (1, True), done.printed
+    data.write_bytes(jsonl(EXAMPLES))
+    done = train("refused", "--data", str(data), "--publish-every", "5")  # past the run's 2 steps
+    assert (done.code, "publish_every is 5" in done.printed) == (1, True), done.printed
     # Refused before any session: the policy the refused runs named was never created.
     assert not _policy_exists(service, "refused")
