@@ -57,11 +57,15 @@ class SamplingServicer(gateway_pb2_grpc.SamplingServiceServicer):
     def ComputeLogprobs(self, request, context):
         adapter, base = self._target(request.model, request.base_model, context)
         engine_request = engine_pb2.EngineLogprobsRequest(adapter=adapter, sequences=request.sequences)
+        return self._on_an_engine(adapter, base, lambda address: self.engines.compute_logprobs(address, engine_request, time_left(context)))
+
+    def _on_an_engine(self, adapter: AdapterRef | None, base: str, call):
+        """`call(address)` on the engine a route picks; an engine lost meanwhile (UNAVAILABLE) is tried no more."""
         tried: set[str] = set()
         while True:
             route = self._route(adapter, base, tried)
             try:
-                return self.engines.compute_logprobs(route.address, engine_request, time_left(context))
+                return call(route.address)
             except MintError as err:
                 if not self._retryable(err, tried, route):
                     raise
@@ -100,14 +104,7 @@ class SamplingServicer(gateway_pb2_grpc.SamplingServiceServicer):
         if not self.scheduler.engines(base):
             raise not_found(f"no engine serves base model {base!r}; the engines serve {self._bases()}")
         engine_request = engine_pb2.GetBaseTokenizerRequest(base_model=base)
-        tried: set[str] = set()
-        while True:
-            route = self._route(None, base, tried)
-            try:
-                return self.engines.tokenizer(route.address, engine_request, time_left(context))
-            except MintError as err:
-                if not self._retryable(err, tried, route):
-                    raise
+        return self._on_an_engine(None, base, lambda address: self.engines.tokenizer(address, engine_request, time_left(context)))
 
     def _only_base(self) -> str:
         bases = self._bases()
