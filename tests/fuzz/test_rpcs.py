@@ -1,0 +1,62 @@
+"""Every public RPC against a live embedded server, with requests generated from its descriptor, mutated
+from valid ones, or not messages at all (tests/fuzz/live.py says what is judged): never a fault status or
+a hang, nothing stored by a refused call, and the server healthy after each method's run."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.fuzz.live import METHODS, World, cases
+
+EXAMPLES_PER_METHOD = 25
+# Known failures in files being changed by others; each names its reproducer (the final report of issue 18).
+KNOWN = {
+    "CreateSession": "trainer CreateSession creates the policy (ensure_policy) before checking base_model, rank and "
+    "alpha, so a refused CreateSession(policy='new', base_model='wrong') stores a policy and its audit event",
+}
+
+
+def _params():
+    for service, method in METHODS:
+        marks = [pytest.mark.xfail(strict=True, reason=KNOWN[method.name])] if method.name in KNOWN and service.name == "TrainerService" else []
+        yield pytest.param(service, method, id=f"{service.name}.{method.name}", marks=marks)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    world = World(tmp_path_factory.mktemp("fuzz-rpc"))
+    yield world
+    world.close()
+
+
+@pytest.mark.parametrize(("service", "method"), list(_params()))
+def test_rpc_answers_fuzzed_requests_with_client_statuses(world, service, method):
+    @settings(max_examples=EXAMPLES_PER_METHOD)
+    @given(data=st.data())
+    def check(data):
+        case = data.draw(cases(world, methods=[(service, method)]))
+        verdict = world.judge(case)
+        assert not verdict.fault, (verdict.status, verdict.details)
+        assert not verdict.hang, f"no answer within the deadline ({verdict.elapsed_s:.1f}s)"
+        assert not verdict.stored, f"refused with {verdict.status.name} ({verdict.details}) but stored: {verdict.stored}"
+
+    check()
+    assert world.healthy()
+    assert world.settle() == []
+    world.refresh()
+
+
+def test_fuzzed_calls_leave_the_world_answering(world):
+    """After every method's run: a valid call of each kind still succeeds (nothing a fuzzed call did broke
+    the server for well-behaved clients)."""
+    assert world.healthy()
+    for name in ("Resolve", "Sample", "ForwardBackward"):
+        service, method = next((s, m) for s, m in METHODS if m.name == name)
+        seed = world.seeds[name][0]
+        from tests.fuzz.live import Case
+
+        verdict = world.judge(Case(service, method, tuple(m.SerializeToString() for m in seed), "acme", "seed"))
+        assert verdict.status in (grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND), (name, verdict)
