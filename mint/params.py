@@ -11,6 +11,7 @@ from mint.proto import common_pb2, trainer_pb2
 # Temperatures below this sample greedily: softmax(logits / t) is already the argmax for any logits a model
 # gives, and dividing by a smaller t only risks overflow (vLLM draws the line at the same value).
 MIN_TEMPERATURE = 1e-5
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit, which clients and harnesses are written against
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -25,6 +26,7 @@ class SamplingParams:
     n: int = 1
     logprobs: bool = False
     ignore_eos: bool = False
+    top_logprobs: int = 0  # with logprobs: also the k most likely tokens at each position
 
     @property
     def greedy(self) -> bool:
@@ -55,6 +57,10 @@ class SamplingParams:
             raise invalid(f"n must be in 1..64, got {p.n}")
         if len(p.stop) > 16 or any(not s or len(s) > 256 for s in p.stop):
             raise invalid("stop takes at most 16 non-empty strings of up to 256 characters")
+        if not 0 <= p.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise invalid(f"top_logprobs must be in 0..{MAX_TOP_LOGPROBS}, got {p.top_logprobs}")
+        if p.top_logprobs and not p.logprobs:
+            raise invalid("top_logprobs needs logprobs set: they are the alternatives to each sampled token's logprob")
         bad = [t for t in p.stop_token_ids if not 0 <= t < vocab_size]
         if bad:
             raise invalid(f"stop_token_ids {bad} are outside the vocabulary (0..{vocab_size - 1})")
@@ -69,6 +75,7 @@ class SamplingParams:
             n=p.n or 1,
             logprobs=p.logprobs,
             ignore_eos=p.ignore_eos,
+            top_logprobs=p.top_logprobs,
         )
 
 

@@ -400,19 +400,21 @@ class Engine:
         rows = [row for _, row in samplers]
         if rows != list(range(logits.shape[0])):  # forked samples share their parent's row
             logits = logits.index_select(0, torch.tensor(rows, device=self.device))
-        tokens, logprobs, errors = sample(logits, [s.request.params for s, _ in samplers], [s.generator for s, _ in samplers])
+        tokens, logprobs, top, errors = sample(logits, [s.request.params for s, _ in samplers], [s.generator for s, _ in samplers])
         for row, err in errors.items():  # a bug, but one row's: only its request fails
             request = samplers[row][0].request
             log.error("engine %s: sampling for request %s failed", self.engine_id, request.request_id, exc_info=err)
             self._fail(request, MintError(Code.INTERNAL, f"engine {self.engine_id} failed sampling this request (a bug; the engine logged it)"))
         now = time.monotonic()
         touched: dict[int, Request] = {}
-        for (seq, _), token, logprob in zip(samplers, tokens, logprobs, strict=True):
+        for (seq, _), token, logprob, alternatives in zip(samplers, tokens, logprobs, top, strict=True):
             if seq.request.done:
                 continue
             seq.tokens.append(token)
             seq.out_tokens.append(token)
             seq.out_logprobs.append(logprob)
+            if alternatives is not None:
+                seq.out_top.append(alternatives)
             touched[id(seq.request)] = seq.request
         self.tokens_generated += len(samplers) - len(errors)
         self._generated.append((now, len(samplers) - len(errors)))
@@ -467,6 +469,7 @@ def collect(request: Request, timeout_s: float | None = None) -> dict[int, Sampl
         total.token_ids += event.token_ids
         total.text += event.text
         total.logprobs += event.logprobs
+        total.top_logprobs += event.top_logprobs
         total.finish = event.finish or total.finish
         total.prompt_tokens = total.prompt_tokens or event.prompt_tokens
     return merged

@@ -1,4 +1,5 @@
-"""Token sampling: greedy, temperature, top-k, top-p, per-sample seeded generators, logprobs.
+"""Token sampling: greedy, temperature, top-k, top-p, per-sample seeded generators, logprobs and the top-k
+alternatives' logprobs.
 
 Logprobs are those of the model's own distribution (log-softmax of the raw logits), whatever the sampling
 transform, as vLLM reports them by default; RL code compares them with trainer logprobs of the same model.
@@ -31,14 +32,18 @@ def make_generator(params: SamplingParams, index: int, device: torch.device | st
     return torch.Generator(device=device).manual_seed((params.seed + index) % _SEEDS)
 
 
+TopLogprobs = tuple[list[int], list[float]]  # the k most likely token ids, most likely first, and their logprobs
+
+
 def sample(
     logits: torch.Tensor,  # [N, vocab] float32, finite
     params: list[SamplingParams],  # one per row
     generators: list[torch.Generator | None],
-) -> tuple[list[int], list[float], dict[int, Exception]]:
+) -> tuple[list[int], list[float], list[TopLogprobs | None], dict[int, Exception]]:
     """Next token of each row, its logprob under the model (NaN for rows that did not ask for one: a
-    log-softmax over the vocabulary costs as much as sampling itself), and the error of each row that could
-    not be sampled (its token is then meaningless), so that one row's failure is only its request's."""
+    log-softmax over the vocabulary costs as much as sampling itself), the row's `top_logprobs` most likely
+    tokens (None for rows that asked for none), and the error of each row that could not be sampled (its
+    token is then meaningless), so that one row's failure is only its request's."""
     tokens = logits.argmax(dim=-1)
     errors: dict[int, Exception] = {}
     for row, p in enumerate(params):
@@ -49,12 +54,21 @@ def sample(
                 errors[row] = err
     wanted = [row for row, p in enumerate(params) if p.logprobs]
     chosen = [math.nan] * len(params)
+    top: list[TopLogprobs | None] = [None] * len(params)
     if wanted:
         rows = torch.tensor(wanted, device=logits.device)
-        picked = torch.log_softmax(logits.index_select(0, rows), dim=-1).gather(1, tokens.index_select(0, rows).unsqueeze(1))
+        scores = torch.log_softmax(logits.index_select(0, rows), dim=-1)
+        picked = scores.gather(1, tokens.index_select(0, rows).unsqueeze(1))
         for row, value in zip(wanted, picked.squeeze(1).tolist(), strict=True):
             chosen[row] = value
-    return tokens.tolist(), chosen, errors
+        k = max(params[row].top_logprobs for row in wanted)
+        if k:
+            values, ids = torch.topk(scores, min(k, scores.shape[1]), dim=-1)
+            for i, (row_ids, row_values) in enumerate(zip(ids.tolist(), values.tolist(), strict=True)):
+                want = params[wanted[i]].top_logprobs
+                if want:
+                    top[wanted[i]] = (row_ids[:want], row_values[:want])
+    return tokens.tolist(), chosen, top, errors
 
 
 def _sample_row(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:

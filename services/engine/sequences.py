@@ -22,7 +22,7 @@ from mint.adapters.spec import AdapterSpec
 from mint.errors import MintError
 from mint.models.tokenizer import Tokenizer
 from mint.sdk.types import Finish
-from services.engine.sampling import SamplingParams
+from services.engine.sampling import SamplingParams, TopLogprobs
 
 _ids = itertools.count(1)
 
@@ -37,12 +37,13 @@ class SampleEvent:
     logprobs: list[float]
     finish: Finish | None = None
     prompt_tokens: int = 0
+    top_logprobs: list[TopLogprobs] = dataclasses.field(default_factory=list)  # one per token when asked for
 
 
 class SequenceState:
     __slots__ = (
         "seq_id", "request", "index", "tokens", "num_cached", "blocks", "generator",
-        "out_tokens", "out_logprobs", "text", "emitted_tokens", "emitted_text", "finish",
+        "out_tokens", "out_logprobs", "out_top", "text", "emitted_tokens", "emitted_text", "finish",
     )
 
     def __init__(self, request: Request, index: int, tokens: list[int], generator: torch.Generator | None):
@@ -55,6 +56,7 @@ class SequenceState:
         self.generator = generator
         self.out_tokens: list[int] = []
         self.out_logprobs: list[float] = []
+        self.out_top: list[TopLogprobs] = []
         self.text = ""
         self.emitted_tokens = 0
         self.emitted_text = 0
@@ -169,6 +171,7 @@ def take_event(seq: SequenceState, tokenizer: Tokenizer | None, *, first: bool) 
         token_ids=new_tokens,
         text=seq.text[seq.emitted_text : text_end],
         logprobs=seq.out_logprobs[seq.emitted_tokens :] if params.logprobs else [],
+        top_logprobs=seq.out_top[seq.emitted_tokens :] if params.top_logprobs else [],
         finish=seq.finish,
         prompt_tokens=len(seq.request.prompt) if first else 0,
     )

@@ -51,6 +51,7 @@ def chunk_pb(event: SampleEvent) -> common_pb2.SampleChunk:
         logprobs=event.logprobs,
         finish_reason=event.finish.value if event.finish else common_pb2.FINISH_REASON_UNSPECIFIED,  # mint.sdk.types.Finish
         prompt_tokens=event.prompt_tokens,
+        top_logprobs=[common_pb2.TopLogprobs(token_ids=ids, logprobs=values) for ids, values in event.top_logprobs],
     )
 
 
@@ -82,6 +83,7 @@ def stream_chunks(handle: Request) -> Iterator[common_pb2.SampleChunk]:
                 into.token_ids += item.token_ids
                 into.text += item.text
                 into.logprobs += item.logprobs
+                into.top_logprobs += item.top_logprobs
                 into.finish = item.finish or into.finish
         yield from (chunk_pb(event) for event in merged.values())
         if end:
