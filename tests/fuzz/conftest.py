@@ -9,6 +9,6 @@ import os
 from hypothesis import HealthCheck, settings
 
 _QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much, HealthCheck.large_base_example]
-settings.register_profile("ci", max_examples=60, derandomize=True, database=None, deadline=None, suppress_health_check=_QUIET, print_blob=True)
+settings.register_profile("ci", max_examples=150, derandomize=True, database=None, deadline=None, suppress_health_check=_QUIET, print_blob=True)
 settings.register_profile("long", max_examples=2000, deadline=None, suppress_health_check=_QUIET, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

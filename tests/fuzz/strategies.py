@@ -116,7 +116,7 @@ def string_field(field: FD, vocab: Vocabulary, limits: RequestLimits) -> st.Sear
     known = [v for v in vocab.get(field) if isinstance(v, str)]
     if not known:
         return text(limits)
-    return st.one_of(st.sampled_from(known), st.sampled_from(known).flatmap(mutated_text), text(limits))
+    return st.one_of(st.sampled_from(known), st.sampled_from(known), st.sampled_from(known).flatmap(mutated_text), text(limits))
 
 
 # --- messages from descriptors -----------------------------------------------------------------------------
