@@ -5,6 +5,9 @@ A request that fails because its engine is unreachable before the first token is
 engine; after the first token, the error goes to the client (its tokens cannot be un-sent). Deadlines and
 cancellation pass through to the engine.
 
+The gRPC methods are thin: each hands its request and a transport-neutral `Call` to the method that does
+the work (`sample`, `compute_logprobs`, `tokenizer`), which the HTTP door (services/gateway/http) calls too.
+
 Adapters are routed and loaded by their adapter key (services/engine/identity.py); what the scheduler
 remembers about one (why it could not be loaded) is shared by every tenant who published the same bytes
 and config, so errors are worded here with the caller's own address. A wave is its activating tenant's.
@@ -12,17 +15,41 @@ and config, so errors are worded here with the caller's own address. A wave is i
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
+from collections.abc import Callable, Iterator
+
+import grpc
 
 from mint import auth
 from mint.adapters.identity import ref_key
 from mint.errors import Code, MintError, invalid, not_found
-from mint.proto import engine_pb2, gateway_pb2, gateway_pb2_grpc
+from mint.proto import common_pb2, engine_pb2, gateway_pb2, gateway_pb2_grpc
 from mint.proto.common_pb2 import AdapterRef
 from mint.server import time_left
 from services.gateway.engines import EngineConnector
 from services.gateway.resolver import ResolveCache
 from services.scheduler.base import LoadItem, Route, Scheduler, WaveStatus
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Call:
+    """What the servicer needs of a call, whichever door it came through (gRPC here, HTTP in
+    services/gateway/http): the caller's API key, the time left before its deadline, and a way to run
+    something when the call ends, however it ends (a client that goes away cancels its engine work)."""
+
+    api_key: str | None
+    time_left: Callable[[], float | None]
+    add_callback: Callable[[Callable[[], None]], object]
+
+    @classmethod
+    def of(cls, context: grpc.ServicerContext) -> Call:
+        return cls(auth.key_from_metadata(context.invocation_metadata()), lambda: time_left(context), context.add_callback)
+
+    def key(self) -> str:
+        if not self.api_key:
+            raise MintError(Code.UNAUTHENTICATED, "this call needs an API key")
+        return self.api_key
 
 
 class SamplingServicer(gateway_pb2_grpc.SamplingServiceServicer):
@@ -35,15 +62,25 @@ class SamplingServicer(gateway_pb2_grpc.SamplingServiceServicer):
     # --- sampling and scoring ---------------------------------------------------------------------------
 
     def Sample(self, request, context):
-        adapter, base = self._target(request.model, request.base_model, context)
+        return self.sample(request, Call.of(context))
+
+    def ComputeLogprobs(self, request, context):
+        return self.compute_logprobs(request, Call.of(context))
+
+    def GetTokenizer(self, request, context):
+        return self.tokenizer(request, Call.of(context))
+
+    def sample(self, request: gateway_pb2.SampleRequest, call: Call) -> Iterator[common_pb2.SampleChunk]:
+        """The chunks of `request`, from the engine a route picks (retried elsewhere while nothing was sent)."""
+        adapter, base = self.target(request.model, request.base_model, call)
         engine_request = engine_pb2.EngineSampleRequest(
             request_id=uuid.uuid4().hex, adapter=adapter, prompt=request.prompt, params=request.params, buffered=request.buffered
         )
         tried: set[str] = set()
         while True:
             route = self._route(adapter, base, tried)
-            stream = self.engines.sample(route.address, engine_request, time_left(context))
-            context.add_callback(stream.cancel)
+            stream = self.engines.sample(route.address, engine_request, call.time_left())
+            call.add_callback(stream.cancel)
             started = False
             try:
                 for chunk in stream:
@@ -54,10 +91,10 @@ class SamplingServicer(gateway_pb2_grpc.SamplingServiceServicer):
                 if started or not self._retryable(err, tried, route):
                     raise
 
-    def ComputeLogprobs(self, request, context):
-        adapter, base = self._target(request.model, request.base_model, context)
+    def compute_logprobs(self, request: gateway_pb2.LogprobsRequest, call: Call) -> engine_pb2.LogprobsResponse:
+        adapter, base = self.target(request.model, request.base_model, call)
         engine_request = engine_pb2.EngineLogprobsRequest(adapter=adapter, sequences=request.sequences)
-        return self._on_an_engine(adapter, base, lambda address: self.engines.compute_logprobs(address, engine_request, time_left(context)))
+        return self._on_an_engine(adapter, base, lambda address: self.engines.compute_logprobs(address, engine_request, call.time_left()))
 
     def _on_an_engine(self, adapter: AdapterRef | None, base: str, call):
         """`call(address)` on the engine a route picks; an engine lost meanwhile (UNAVAILABLE) is tried no more."""
@@ -74,12 +111,13 @@ class SamplingServicer(gateway_pb2_grpc.SamplingServiceServicer):
         tried.add(route.engine_id)
         return err.code is Code.UNAVAILABLE and len(tried) <= self.retries
 
-    def _target(self, model: str, base_model: str, context) -> tuple[AdapterRef | None, str]:
+    def target(self, model: str, base_model: str, call: Call) -> tuple[AdapterRef | None, str]:
+        """The adapter `model` names for this caller (None: the base alone) and its base."""
         if not model:
             if not base_model:
                 raise invalid("name a policy revision in model (e.g. acme/bot@prod), or a base_model to sample the base alone")
             return None, base_model
-        adapter = self.resolver.resolve(model, _api_key(context)).adapter
+        adapter = self.resolver.resolve(model, call.key()).adapter
         if base_model and base_model != adapter.base_model:
             raise invalid(f"{adapter.address} is an adapter for base {adapter.base_model!r}, not {base_model!r}")
         failure = self.scheduler.load_failure(ref_key(adapter))
@@ -98,23 +136,24 @@ class SamplingServicer(gateway_pb2_grpc.SamplingServiceServicer):
 
     # --- tokenizers ---------------------------------------------------------------------------------------
 
-    def GetTokenizer(self, request, context):
+    def tokenizer(self, request: engine_pb2.GetBaseTokenizerRequest, call: Call) -> engine_pb2.BaseTokenizer:
         auth.current_principal()
         base = request.base_model or self._only_base()
         if not self.scheduler.engines(base):
-            raise not_found(f"no engine serves base model {base!r}; the engines serve {self._bases()}")
+            raise not_found(f"no engine serves base model {base!r}; the engines serve {self.bases()}")
         engine_request = engine_pb2.GetBaseTokenizerRequest(base_model=base)
-        return self._on_an_engine(None, base, lambda address: self.engines.tokenizer(address, engine_request, time_left(context)))
+        return self._on_an_engine(None, base, lambda address: self.engines.tokenizer(address, engine_request, call.time_left()))
 
     def _only_base(self) -> str:
-        bases = self._bases()
+        bases = self.bases()
         if len(bases) == 1:
             return bases[0]
         if not bases:
             raise not_found("no engine serves a base model yet, so there is no tokenizer to give")
         raise invalid(f"name the base_model whose tokenizer you want: the engines serve {bases}")
 
-    def _bases(self) -> list[str]:
+    def bases(self) -> list[str]:
+        """The base models the engines serve now."""
         return sorted({e.info.base_model for e in self.scheduler.engines()})
 
     # --- waves and engines -----------------------------------------------------------------------------
@@ -123,7 +162,7 @@ class SamplingServicer(gateway_pb2_grpc.SamplingServiceServicer):
         if not request.refs:
             raise invalid("a wave needs at least one revision ref")
         tenant = auth.current_principal().tenant
-        key = _api_key(context)
+        key = Call.of(context).key()
         adapters = [self.resolver.resolve(ref, key).adapter for ref in request.refs]
         bases = {a.base_model for a in adapters}
         if len(bases) != 1:
@@ -166,9 +205,3 @@ def wave_pb(status: WaveStatus) -> gateway_pb2.Wave:
         failures=list(status.failures),
     )
 
-
-def _api_key(context) -> str:
-    key = auth.key_from_metadata(context.invocation_metadata())
-    if not key:
-        raise MintError(Code.UNAUTHENTICATED, "this call needs an API key")
-    return key
