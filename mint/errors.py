@@ -1,4 +1,4 @@
-"""MinT's one error type, and the one table that maps its codes onto gRPC status codes.
+"""MinT's one error type, and the tables that map its codes onto gRPC status codes and HTTP statuses.
 
 Every layer raises `MintError(code, message)`; the server interceptor (`mint.server`) turns it into a
 gRPC status, and the SDK turns a gRPC status back into the same error on the client. Messages are
@@ -47,6 +47,24 @@ GRPC_STATUS: dict[Code, grpc.StatusCode] = {
 }
 _FROM_GRPC = {status: code for code, status in GRPC_STATUS.items()}
 
+# The HTTP door's statuses (services/gateway/http), as Google's API guidelines map the same codes.
+HTTP_STATUS: dict[Code, int] = {
+    Code.INVALID_ARGUMENT: 400,
+    Code.FAILED_PRECONDITION: 400,
+    Code.UNAUTHENTICATED: 401,
+    Code.PERMISSION_DENIED: 403,
+    Code.NOT_FOUND: 404,
+    Code.ALREADY_EXISTS: 409,
+    Code.ABORTED: 409,
+    Code.RESOURCE_EXHAUSTED: 429,
+    Code.CANCELLED: 499,
+    Code.INTERNAL: 500,
+    Code.DATA_LOSS: 500,
+    Code.UNIMPLEMENTED: 501,
+    Code.UNAVAILABLE: 503,
+    Code.DEADLINE_EXCEEDED: 504,
+}
+
 
 class MintError(Exception):
     """An error a client can act on: a code from `Code` and a message naming what was wrong."""
@@ -59,6 +77,10 @@ class MintError(Exception):
     @property
     def grpc_status(self) -> grpc.StatusCode:
         return GRPC_STATUS[self.code]
+
+    @property
+    def http_status(self) -> int:
+        return HTTP_STATUS[self.code]
 
     def __repr__(self) -> str:
         return f"MintError({self.code.name}, {self.message!r})"
