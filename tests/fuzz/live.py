@@ -138,15 +138,12 @@ class World:
         for policy in ("served", "p0"):
             self.catalog.PublishRevision(iter(self.publish_stream(policy)), metadata=member)
         self.catalog.SetAlias(catalog_pb2.SetAliasRequest(policy="p0", alias="prod", revision_number=1), metadata=member)
-        self.session_id = ""
-        self.state_path = ""
-        self.refresh()
         self.wave_id = self.sampling.ActivateWave(gateway_pb2.ActivateWaveRequest(refs=["acme/served@1"], name="w"), metadata=member).wave_id
-        self.vocabulary = fs.Vocabulary(self._vocabulary())
-        self.seeds = self._seeds()
+        self.session_id = self.state_path = ""
         self._lock = _SharedExclusive()
+        self._local = threading.local()  # a read-only catalog connection per thread
+        self._reopen_session()
         self._last_state = self.state()
-        self._local = threading.local()
 
     def close(self) -> None:
         self.channel.close()
@@ -159,9 +156,6 @@ class World:
 
     def refresh(self) -> None:
         """Open a training session again when a case closed it (so later cases still reach a live one)."""
-        if not hasattr(self, "_lock"):
-            self._reopen_session()
-            return
         with self._lock.exclusive():
             self._reopen_session()
             self._last_state = self.state()
@@ -180,9 +174,8 @@ class World:
         )
         self.session_id = session.session_id
         self.state_path = self.trainer.SaveState(trainer_pb2.SaveStateRequest(session_id=self.session_id, name="start"), metadata=member).path
-        if hasattr(self, "vocabulary"):
-            self.vocabulary.values.update(session_id=[self.session_id, self.session_id + "x"], path=[self.state_path])
-            self.seeds = self._seeds()
+        self.vocabulary = fs.Vocabulary(self._vocabulary())
+        self.seeds = self._seeds()
 
     def _vocabulary(self) -> dict[str, list]:
         tokens = [5, 6, 7, 8, 9]
@@ -292,11 +285,9 @@ class World:
     def state(self) -> dict[str, float]:
         """Row counts of every catalog table (and sums of the columns that change in place), files in the blob
         store, its staging directory and the trainer's state directory, and the trainer's open sessions."""
-        conn = getattr(self._local, "db", None) if hasattr(self, "_local") else None
+        conn = getattr(self._local, "db", None)
         if conn is None:
-            conn = sqlite3.connect(f"file:{self.data / 'catalog.db'}?mode=ro", uri=True)
-            if hasattr(self, "_local"):
-                self._local.db = conn
+            conn = self._local.db = sqlite3.connect(f"file:{self.data / 'catalog.db'}?mode=ro", uri=True)
         queries = {
             "tenants": "SELECT count(*) FROM tenants",
             "api_keys": "SELECT count(*) FROM api_keys",
