@@ -82,6 +82,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     def CreateSession(self, request, context):
         tenant, policy = policy_for(request.policy)
+        self.trainer.make_room(tenant)  # a tenant at its cap of sessions gets no new policy either
         if self.ensure_policy is not None:
             self.ensure_policy(tenant, policy, self.trainer.base_model, asking_key())
         session = self.trainer.create_session(

@@ -52,6 +52,11 @@ class Session:
         self.last_published = 0
         self.closed = False
         self.lock = threading.Lock()  # one call at a time per session
+        # Kept by the trainer under its sessions lock: when a call last used the session, how many calls on
+        # it have not returned yet (a pass queued or running), and the state file it saved last.
+        self.last_used = 0.0
+        self.in_flight = 0
+        self.last_saved: str | None = None
         gen = torch.Generator().manual_seed(seed)
         targets = [t for t in lora_targets(model_config) if set(t.modules) & set(config.target_modules)]
         self.params: list[dict[str, tuple[nn.Parameter, nn.Parameter]]] = []
@@ -102,6 +107,14 @@ class Session:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return {"grad_norm": grad_norm, "learning_rate": params.learning_rate}
+
+    def release(self) -> None:
+        """Drop the parameters, their gradients and the optimizer's moments, once the session is closed and no
+        call on it is left: its memory is freed even while something still refers to the session (a response
+        being written, the pass worker's last batch)."""
+        self.params = []
+        self.optimizer.state.clear()
+        self.optimizer.param_groups.clear()
 
     def adapter_weights(self) -> AdapterWeights:
         """The current parameters as a PEFT adapter."""

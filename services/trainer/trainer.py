@@ -10,6 +10,13 @@ One call must never fail the calls it was batched with. Every call is checked wh
 batch (`LossRow.check`); a call whose loss still comes out non-finite fails alone and adds no gradient; and a
 pass that raises is run again call by call, so only the call that causes the failure sees it. Gradients
 reach the sessions only once a pass's backward has completed, so a pass run again adds them once.
+
+Sessions are reaped: one that no call has used for `session_idle_s` is closed as CloseSession closes it
+(parameters, gradients and optimizer moments freed), by a sweep every so often and whenever its tenant
+reaches `max_sessions_per_tenant`. A session with a call in flight is never reaped. A tenant at its cap is
+refused rather than losing its least recently used session: a client that still means to use a session
+gets an explicit error, never a session gone from under it. A reaped session's id answers NOT_FOUND saying
+so, and its saved states stay on disk for LoadState into a new session.
 """
 
 from __future__ import annotations
@@ -19,7 +26,10 @@ import logging
 import math
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
@@ -41,6 +51,8 @@ from services.trainer.session import Session, target_modules
 
 log = logging.getLogger(__name__)
 
+REMEMBERED_REAPED = 10_000  # reaped session ids that still answer why they are gone (older ones: plain NOT_FOUND)
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Published:
@@ -56,6 +68,22 @@ class Publisher(Protocol):
     def publish(
         self, session: Session, weights: AdapterWeights, name: str, metrics: dict[str, float], on_behalf_of: str | None
     ) -> Published: ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reaped:
+    """What a reaped session's id still answers."""
+
+    tenant: str
+    idle_s: float
+    last_saved: str | None
+
+    def error(self, session_id: str) -> MintError:
+        saved = f"the last one it saved is {self.last_saved}" if self.last_saved else "it saved none"
+        return not_found(
+            f"training session {session_id!r} was reaped after {self.idle_s:.0f} s idle (session_idle_s, "
+            f"MINT_TRAINER_SESSION_IDLE_S); its saved states can be loaded into a new session with LoadState ({saved})"
+        )
 
 
 @dataclasses.dataclass(slots=True)
@@ -83,8 +111,12 @@ class _Call:
 
 
 class Trainer:
-    def __init__(self, config: TrainerConfig, publisher: Publisher | None = None):
+    def __init__(self, config: TrainerConfig, publisher: Publisher | None = None, *, clock: Callable[[], float] | None = None):
+        """`clock` measures sessions' idle time in seconds. By default it is `time.monotonic` and a thread sweeps
+        idle sessions; a caller's own clock (a test's fake one) passes time when the caller says, so the caller
+        sweeps, with `reap_idle`."""
         self.config = config
+        self.clock = clock or time.monotonic
         self.device = torch.device(config.device)
         model = load_model(config.model_path, dtype=config.torch_dtype, device=self.device)
         self.model = model
@@ -95,19 +127,28 @@ class Trainer:
             layer.register_forward_pre_hook(_rebalance_between_layers)
         self.publisher = publisher
         self.sessions: dict[str, Session] = {}
+        self._sessions_lock = threading.Lock()  # the table, and each session's closed, last_used and in_flight
+        self._reaped: OrderedDict[str, Reaped] = OrderedDict()
+        self._closing = threading.Event()
         self._queue: list[_Call] = []
         self._cond = threading.Condition()
         self._stop = False
         self.passes = 0
         self._worker = threading.Thread(target=self._loop, name="trainer-passes", daemon=True)
         self._worker.start()
+        self._reaper = threading.Thread(target=self._reap_loop, name="trainer-reaper", daemon=True)
+        if config.session_idle_s and clock is None:
+            self._reaper.start()
         release_workers()  # the model is built: the pass thread is the one to hold OpenMP workers
 
     def close(self) -> None:
+        self._closing.set()
         with self._cond:
             self._stop = True
             self._cond.notify_all()
         self._worker.join(timeout=30)
+        if self._reaper.is_alive():
+            self._reaper.join(timeout=30)
 
     def tokenizer_files(self) -> dict[str, str]:
         """The text files a client needs to rebuild the base's tokenizer (Tokenizer.from_dir); FAILED_PRECONDITION
@@ -134,33 +175,133 @@ class Trainer:
             r=rank, lora_alpha=alpha or float(rank), target_modules=target_modules(train_attn, train_mlp),
             use_rslora=use_rslora, base_model_name_or_path=self.base_model,
         )
+        self.make_room(tenant)  # before the parameters are allocated
         session = Session(
             tenant=tenant, policy=policy, base_model=self.base_model, config=config, model_config=self.model_config,
             seed=seed, device=self.device, dtype=self.config.torch_dtype, created_by=created_by,
         )
-        self.sessions[session.session_id] = session
+        with self._sessions_lock:
+            self._make_room(tenant)  # again: other sessions of the tenant may have been created meanwhile
+            session.last_used = self.clock()
+            self.sessions[session.session_id] = session
         return session
 
     def session(self, session_id: str, tenant: str | None = None) -> Session:
-        session = self.sessions.get(session_id)
-        if session is None or session.closed or (tenant is not None and session.tenant != tenant):
-            raise not_found(f"training session {session_id!r} not found (or closed)")
-        return session
+        """The open session `session_id` (of `tenant`, when given); looking it up counts as using it."""
+        with self._sessions_lock:
+            session = self.sessions.get(session_id)
+            if session is None or session.closed or (tenant is not None and session.tenant != tenant):
+                raise self._missing(session_id, tenant)
+            session.last_used = self.clock()
+            return session
 
     def close_session(self, session: Session) -> None:
+        with self._sessions_lock:
+            self._close(session)
+
+    def make_room(self, tenant: str) -> None:
+        """Refuse (RESOURCE_EXHAUSTED) when `tenant` holds max_sessions_per_tenant open sessions, after reaping
+        its sessions idle past session_idle_s."""
+        with self._sessions_lock:
+            self._make_room(tenant)
+
+    def reap_idle(self, tenant: str | None = None) -> list[str]:
+        """Close every session (of `tenant`, or of all) that no call has used for more than session_idle_s and
+        that has no call in flight; returns their ids."""
+        with self._sessions_lock:
+            return self._reap(tenant)
+
+    def _reap_loop(self) -> None:
+        # A session is reaped at most a tenth of its idle time late (and within a minute); the sweep is a
+        # scan of the table, cheap next to any pass.
+        period = min(60.0, max(1.0, self.config.session_idle_s / 10))
+        while not self._closing.wait(period):
+            self.reap_idle()
+
+    def _reap(self, tenant: str | None) -> list[str]:
+        ttl = self.config.session_idle_s
+        if not ttl:
+            return []
+        now = self.clock()
+        idle = [
+            s for s in self.sessions.values()
+            if (tenant is None or s.tenant == tenant) and not s.in_flight and now - s.last_used > ttl
+        ]
+        for session in idle:
+            self._close(session)
+            self._reaped[session.session_id] = Reaped(session.tenant, now - session.last_used, session.last_saved)
+            log.info(
+                "reaped training session %s of %s after %.0f s idle (MINT_TRAINER_SESSION_IDLE_S=%g); last saved state: %s",
+                session.session_id, session.full_policy, now - session.last_used, ttl, session.last_saved or "none",
+            )
+        while len(self._reaped) > REMEMBERED_REAPED:
+            self._reaped.popitem(last=False)
+        return [s.session_id for s in idle]
+
+    def _make_room(self, tenant: str) -> None:
+        cap = self.config.max_sessions_per_tenant
+        if self._open_sessions(tenant) < cap:
+            return
+        self._reap(tenant)
+        open_now = self._open_sessions(tenant)
+        if open_now < cap:
+            return
+        ttl = self.config.session_idle_s
+        frees = (
+            f"or wait until one has been idle for {ttl:g} s (MINT_TRAINER_SESSION_IDLE_S), when it is reaped" if ttl
+            else "(sessions are never reaped for being idle here: MINT_TRAINER_SESSION_IDLE_S=0)"
+        )
+        raise MintError(
+            Code.RESOURCE_EXHAUSTED,
+            f"tenant {tenant} has {open_now} open training sessions on this trainer, the limit (max_sessions_per_tenant, "
+            f"MINT_TRAINER_MAX_SESSIONS_PER_TENANT={cap}); close one (CloseSession) {frees}",
+        )
+
+    def _open_sessions(self, tenant: str) -> int:
+        return sum(1 for s in self.sessions.values() if s.tenant == tenant)
+
+    def _close(self, session: Session) -> None:
+        """Close `session` (under the sessions lock); its tensors go once its calls in flight have returned."""
         session.closed = True
         self.sessions.pop(session.session_id, None)
+        if not session.in_flight:
+            session.release()
+
+    def _missing(self, session_id: str, tenant: str | None) -> MintError:
+        reaped = self._reaped.get(session_id)
+        if reaped is not None and (tenant is None or reaped.tenant == tenant):
+            return reaped.error(session_id)
+        return not_found(f"training session {session_id!r} not found (or closed)")
+
+    @contextmanager
+    def _in_use(self, session: Session) -> Iterator[None]:
+        """Hold `session` for one call: it is not reaped meanwhile, and the call counts as a use of it."""
+        with self._sessions_lock:
+            if session.closed:
+                raise self._missing(session.session_id, session.tenant)
+            session.in_flight += 1
+            session.last_used = self.clock()
+        try:
+            yield
+        finally:
+            with self._sessions_lock:
+                session.in_flight -= 1
+                session.last_used = self.clock()
+                if session.closed and not session.in_flight:
+                    session.release()
 
     # --- primitives ------------------------------------------------------------------------------------------
 
     def forward_backward(self, session: Session, data: list[LossRow], loss_fn: str, loss_config: dict[str, float] | None = None) -> PassResult:
-        return self._submit(session, data, loss_fn, loss_config or {}, backward=True)
+        with self._in_use(session):
+            return self._submit(session, data, loss_fn, loss_config or {}, backward=True)
 
     def forward(self, session: Session, data: list[LossRow], loss_fn: str = "cross_entropy", loss_config: dict[str, float] | None = None) -> PassResult:
-        return self._submit(session, data, loss_fn, loss_config or {}, backward=False)
+        with self._in_use(session):
+            return self._submit(session, data, loss_fn, loss_config or {}, backward=False)
 
     def optim_step(self, session: Session, params: AdamParams) -> dict[str, float]:
-        with session.lock:
+        with self._in_use(session), session.lock:
             return session.optim_step(params)
 
     def save_weights_for_sampler(
@@ -169,17 +310,19 @@ class Trainer:
         """Publish on behalf of `requested_by`, the id of the key that asked (default: the session's creator)."""
         if self.publisher is None:
             raise MintError(Code.FAILED_PRECONDITION, "this trainer has no catalog to publish to")
-        with session.lock:
-            weights = session.adapter_weights()
-        published = self.publisher.publish(session, weights, name or f"step-{session.step}", metrics or {}, requested_by or session.created_by)
-        session.last_published = published.number
-        return published
+        with self._in_use(session):
+            with session.lock:
+                weights = session.adapter_weights()
+            published = self.publisher.publish(session, weights, name or f"step-{session.step}", metrics or {}, requested_by or session.created_by)
+            session.last_published = published.number
+            return published
 
     def save_state(self, session: Session, name: str) -> str:
         check_name("state", name)
         path = Path(self.config.state_dir) / session.tenant / session.policy / f"{name}.safetensors"
-        with session.lock:
+        with self._in_use(session), session.lock:
             session.save_state(path)
+            session.last_saved = str(path)
         return str(path)
 
     def load_state(self, session: Session, path: str, with_optimizer: bool) -> None:
@@ -187,7 +330,7 @@ class Trainer:
         root = (Path(self.config.state_dir) / session.tenant).resolve()
         if root not in resolved.parents:
             raise invalid(f"state path {path!r} is not one of tenant {session.tenant}'s saved states")
-        with session.lock:
+        with self._in_use(session), session.lock:
             session.load_state(resolved, with_optimizer=with_optimizer)
 
     # --- batched passes --------------------------------------------------------------------------------------
