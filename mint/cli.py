@@ -30,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--model", help="base model directory (embedded)")
     serve.add_argument("--data-dir", default=".mint")
     serve.add_argument("--address", default="127.0.0.1:50050")
+    serve.add_argument("--tls-cert", help="serve TLS with this PEM certificate (embedded; default: $MINT_TLS_CERT)")
+    serve.add_argument("--tls-key", help="its PEM private key (default: $MINT_TLS_KEY)")
+    serve.add_argument("--tls-ca", help="CA bundle for client certificates, with MINT_TLS_CLIENT_AUTH=require (default: $MINT_TLS_CA)")
 
     base = commands.add_parser("base", help="make base models")
     base_commands = base.add_subparsers(dest="base_command", required=True)
@@ -103,11 +106,18 @@ def _serve(args) -> int:
     if not args.model:
         print("mint serve needs --model DIR (a Hugging Face base directory; see `mint base init|import`)", file=sys.stderr)
         return 2
+    from mint.errors import MintError
     from mint.limits import RequestLimits
     from mint.server import READY_LINE
+    from mint.tls import TLSConfig
 
-    stack = embedded(model_path=args.model, data_dir=args.data_dir, address=args.address, request_limits=RequestLimits.from_env())
-    print(READY_LINE.format(name="embedded", port=stack.port), flush=True)
+    try:
+        tls = TLSConfig.from_env(cert_file=args.tls_cert, key_file=args.tls_key, ca_file=args.tls_ca)
+    except MintError as err:
+        print(f"mint serve: {err}", file=sys.stderr)
+        return 2
+    stack = embedded(model_path=args.model, data_dir=args.data_dir, address=args.address, request_limits=RequestLimits.from_env(), tls=tls)
+    print(READY_LINE.format(name="embedded", port=stack.port, security=tls.security(public=True)), flush=True)
     print(f"admin key (also in {args.data_dir}/admin.key): {stack.admin_key}", flush=True)
     try:
         stack.server.wait_for_termination()

@@ -18,6 +18,7 @@ from typing import Any
 
 from mint.errors import invalid
 from mint.limits import RequestLimits
+from mint.tls import TLSConfig
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
@@ -50,6 +51,7 @@ class FleetConfig:
     heartbeat_s: float = env_field("MINT_HEARTBEAT_S", 1.0)  # engines' heartbeat period; 3 missed: reaped
     service_key: str = env_field("MINT_SERVICE_KEY", "")  # how MinT's services call each other
     request_limits: RequestLimits = dataclasses.field(default_factory=RequestLimits)  # MINT_LIMIT_* (mint.limits)
+    tls: TLSConfig = dataclasses.field(default_factory=TLSConfig)  # MINT_TLS_* (mint.tls): its port and its channels
 
     def __post_init__(self) -> None:
         if not self.heartbeat_s > 0:
@@ -65,6 +67,7 @@ class FleetConfig:
             if var and var in env:
                 values[field.name] = _parse(var, env[var], str(field.type))
         values["request_limits"] = RequestLimits.from_env(env)
+        values["tls"] = TLSConfig.from_env(env)
         return cls(**{**values, **overrides})
 
 

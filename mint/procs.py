@@ -29,7 +29,7 @@ def embedded(**config):
     return module.EmbeddedStack(module.EmbeddedConfig(**config)).start()
 
 
-_READY = re.compile(r"mint (\S+) listening on port (\d+)")
+_READY = re.compile(r"mint (\S+) listening on port (\d+)(?: \((\w+)\))?")
 
 
 class ServiceProcess:
@@ -43,6 +43,7 @@ class ServiceProcess:
             stderr=self._log or subprocess.DEVNULL,
             text=True,
         )
+        self.security = "plaintext"  # what its port serves, as its ready line says: plaintext, TLS or mTLS
         self.port = self._await_ready(timeout_s)
         # Keep draining stdout so the child never blocks on a full pipe.
         threading.Thread(target=self._drain, daemon=True).start()
@@ -62,6 +63,7 @@ class ServiceProcess:
                 continue
             match = _READY.search(line)
             if match:
+                self.security = match.group(3) or self.security
                 return int(match.group(2))
         self.proc.kill()
         raise MintError(Code.DEADLINE_EXCEEDED, f"{' '.join(self.args)} was not ready within {timeout_s}s")

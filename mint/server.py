@@ -3,7 +3,8 @@
 `build_server` makes a gRPC server with health and reflection, and one interceptor that for every call
 (1) authenticates the API key into a `Principal` for the handler, and (2) turns `MintError` (and errors
 from services called downstream) into the matching gRPC status. Handlers raise; they never call
-`context.abort` themselves.
+`context.abort` themselves. Its port, and the channels `channel` makes, are plaintext or TLS as `mint.tls`
+decides.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from mint import auth
 from mint.errors import Code, MintError, invalid
 from mint.limits import RequestLimits, check_request, cut_message
 from mint.runtime import serial_thread
+from mint.tls import TLSConfig, split_address, wants_tls
 
 log = logging.getLogger(__name__)
 
@@ -291,9 +293,13 @@ def build_server(
     max_workers: int = 64,
     limits: RequestLimits | None = None,
     health_servicer: health.HealthServicer | None = None,
+    tls: TLSConfig | None = None,
+    public: bool = False,
 ) -> tuple[grpc.Server, int]:
     """A server bound to its port but not started: returns (server, port). Call `server.start()`.
-    `health_servicer`: the caller's own, to turn NOT_SERVING later (an engine whose step loop died)."""
+    `health_servicer`: the caller's own, to turn NOT_SERVING later (an engine whose step loop died).
+    `tls`: serve TLS (mTLS where it requires client certificates); `public`: this is the port SDK clients
+    call, where client certificates are not asked for unless `tls` says so."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc", initializer=serial_thread),
         interceptors=[MintInterceptor(authenticator, _for_workers(limits or RequestLimits(), max_workers))],
@@ -307,9 +313,11 @@ def build_server(
         health_servicer.set(service.name, health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     _enable_reflection(server, [s.name for s in services])
-    port = server.add_insecure_port(address)
+    credentials = tls.server_credentials(public=public) if tls is not None else None
+    port = server.add_secure_port(address, credentials) if credentials is not None else server.add_insecure_port(address)
     if port == 0:
         raise MintError(Code.UNAVAILABLE, f"could not bind {address}")
+    log.info("port %d serves %s", port, tls.security(public=public) if tls is not None else "plaintext")
     return server, port
 
 
@@ -360,14 +368,16 @@ def _register_reflection_v1() -> None:
     pool.Add(file)
 
 
-READY_LINE = "mint {name} listening on port {port}"
+READY_LINE = "mint {name} listening on port {port} ({security})"
 
 
 def run_until_signalled(
-    server: grpc.Server, port: int, name: str, on_stop: Callable[[], None] | None = None, grace_s: float = 5.0
+    server: grpc.Server, port: int, name: str, on_stop: Callable[[], None] | None = None, grace_s: float = 5.0,
+    security: str = "plaintext",
 ) -> None:
     """Serve until SIGINT/SIGTERM, then stop gracefully. Prints READY_LINE once serving, which is how a
-    parent process (`mint.procs`) learns the port of a child bound to port 0."""
+    parent process (`mint.procs`) learns the port of a child bound to port 0; `security` is what the port
+    serves (`TLSConfig.security`: plaintext, TLS or mTLS)."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -375,15 +385,21 @@ def run_until_signalled(
     # Everything alive now (modules, the model, caches) lives as long as the process: keeping it out of the
     # collector's generations shortens the pauses that set tail latency.
     gc.freeze()
-    print(READY_LINE.format(name=name, port=port), flush=True)
+    print(READY_LINE.format(name=name, port=port, security=security), flush=True)
     stop.wait()
     server.stop(grace_s).wait()
     if on_stop is not None:
         on_stop()
 
 
-def channel(address: str) -> grpc.Channel:
-    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+def channel(address: str, tls: TLSConfig | None = None) -> grpc.Channel:
+    """A channel to `address` (`host:port`, `grpcs://host:port`, `grpc://host:port`): TLS when the scheme asks
+    for it, or for a bare address when `tls` has a CA, trusting that CA and presenting `tls`'s certificate to
+    servers that require one (mTLS)."""
+    target = split_address(address)[0]
+    if not wants_tls(address, tls):
+        return grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+    return grpc.secure_channel(target, (tls or TLSConfig()).channel_credentials(), options=CHANNEL_OPTIONS)
 
 
 class RemoteAuthenticator:

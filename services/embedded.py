@@ -20,6 +20,7 @@ from mint.errors import Code, MintError
 from mint.limits import RequestLimits
 from mint.models.loading import base_description
 from mint.proto import common_pb2
+from mint.tls import TLSConfig
 from services.catalog import convert
 from services.catalog.catalog import Catalog, StoreAuthenticator
 from services.catalog.config import CatalogConfig
@@ -109,6 +110,7 @@ class EmbeddedConfig:
     engine: dict = dataclasses.field(default_factory=dict)  # EngineConfig overrides
     trainer: dict = dataclasses.field(default_factory=dict)  # TrainerConfig overrides
     request_limits: RequestLimits = dataclasses.field(default_factory=RequestLimits)
+    tls: TLSConfig = dataclasses.field(default_factory=TLSConfig)  # the public port's (mint.tls); default plaintext
 
 
 class EmbeddedStack:
@@ -150,6 +152,7 @@ class EmbeddedStack:
             config.address,
             StoreAuthenticator(self.catalog.store),
             config.request_limits,
+            config.tls,
         )
 
     @property
@@ -179,10 +182,10 @@ class EmbeddedStack:
             self.catalog.register_base_model(name=self.base_model, **base_description(self.config.model_path))
 
 
-def _build(services, address: str, authenticator, limits: RequestLimits) -> tuple[grpc.Server, int]:
+def _build(services, address: str, authenticator, limits: RequestLimits, tls: TLSConfig) -> tuple[grpc.Server, int]:
     from mint.server import build_server
 
-    return build_server(services, address=address, authenticator=authenticator, max_workers=128, limits=limits)
+    return build_server(services, address=address, authenticator=authenticator, max_workers=128, limits=limits, tls=tls, public=True)
 
 
 def _admin_key(path: Path) -> str:

@@ -19,6 +19,7 @@ from mint import auth
 from mint.procs import ServiceProcess
 from mint.sdk import CatalogClient, ServiceClient
 from mint.server import channel
+from mint.tls import TLSConfig
 
 BASE_MODEL = "tiny"
 TENANT = "acme"
@@ -76,10 +77,14 @@ class LocalFleet:
         engine_env: dict[str, str] | None = None,
         trainer: bool = False,
         shared_blobs: bool = False,
+        tls: TLSConfig | None = None,
     ):
         """`shared_blobs`: engines read adapter blobs from the catalog's blob directory (as on one host or a
-        shared volume) instead of downloading them from the catalog."""
+        shared volume) instead of downloading them from the catalog. `tls`: every service's MINT_TLS_* (one
+        certificate for all, valid for 127.0.0.1): with a CA, services talk mTLS and the gateway serves TLS."""
         self.workdir = Path(workdir)
+        self.tls = tls or TLSConfig()
+        tls_env = self.tls.env()
         self.base_dir = Path(base_dir)
         self.heartbeat_s = heartbeat_s
         self.engine_env = engine_env or {}
@@ -91,10 +96,10 @@ class LocalFleet:
         self.catalog = ServiceProcess(
             ["-m", "services.catalog"],
             {"MINT_DATABASE_URL": database_url, "MINT_BLOB_DIR": str(self.blob_dir), "MINT_ADMIN_KEY": self.admin_key,
-             "MINT_CATALOG_ADDRESS": "127.0.0.1:0", "MINT_REDIS_URL": self.redis.url},
+             "MINT_CATALOG_ADDRESS": "127.0.0.1:0", "MINT_REDIS_URL": self.redis.url, **tls_env},
             log_path=str(self.workdir / "catalog.log"),
         )
-        self.admin = CatalogClient(channel(self.catalog.address), self.admin_key, timeout_s=3600)
+        self.admin = CatalogClient(channel(self.catalog.address, self.tls), self.admin_key, timeout_s=3600)
         self.admin.create_tenant(TENANT)
         self.member_key = self.admin.create_api_key(TENANT, "member", "member")
         self.service_key = self.admin.create_api_key("admin", "fleet", "service")
@@ -104,17 +109,17 @@ class LocalFleet:
             ["-m", "services.trainer"],
             {"MINT_MODEL_PATH": str(self.base_dir), "MINT_BASE_MODEL": BASE_MODEL, "MINT_CATALOG_URL": self.catalog.address,
              "MINT_SERVICE_KEY": self.service_key, "MINT_TRAINER_ADDRESS": "127.0.0.1:0",
-             "MINT_TRAINER_STATE_DIR": str(self.workdir / "trainer")},
+             "MINT_TRAINER_STATE_DIR": str(self.workdir / "trainer"), **tls_env},
             log_path=str(self.workdir / "trainer.log"),
         ) if trainer else None
         gateway_env = {
             "MINT_CATALOG_URL": self.catalog.address, "MINT_REDIS_URL": self.redis.url, "MINT_SERVICE_KEY": self.service_key,
-            "MINT_HEARTBEAT_S": str(heartbeat_s), "MINT_GATEWAY_ADDRESS": "127.0.0.1:0",
+            "MINT_HEARTBEAT_S": str(heartbeat_s), "MINT_GATEWAY_ADDRESS": "127.0.0.1:0", **tls_env,
         }
         if self.trainer is not None:
             gateway_env["MINT_TRAINER_URL"] = self.trainer.address
         self.gateway = ServiceProcess(["-m", "services.gateway"], gateway_env, log_path=str(self.workdir / "gateway.log"))
-        self.client = ServiceClient(self.gateway.address, self.member_key, timeout_s=600)
+        self.client = ServiceClient(self.gateway.address, self.member_key, ca_file=self.tls.ca_file or None, timeout_s=600)
 
     def start_engine(self, index: int) -> ServiceProcess:
         env = {
@@ -122,7 +127,7 @@ class LocalFleet:
             "MINT_ENGINE_ADDRESS": "127.0.0.1:0", "MINT_ENGINE_CACHE_DIR": str(self.workdir / f"engine-{index}"),
             "MINT_CATALOG_URL": self.catalog.address, "MINT_SERVICE_KEY": self.service_key, "MINT_REDIS_URL": self.redis.url,
             "MINT_HEARTBEAT_S": str(self.heartbeat_s), "MINT_DEVICE_BUDGET_BYTES": str(64 * 1024**2),
-            "MINT_KV_CACHE_BYTES": str(32 * 1024**2), **self.engine_env,
+            "MINT_KV_CACHE_BYTES": str(32 * 1024**2), **self.tls.env(), **self.engine_env,
         }
         return ServiceProcess(["-m", "services.engine"], env, log_path=str(self.workdir / f"engine-{index}.log"))
 

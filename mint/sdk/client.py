@@ -6,6 +6,9 @@ sampling clients with Tinker's method names. Every blocking method has an `_asyn
     trainer.forward_backward(data, "cross_entropy"); trainer.optim_step(AdamParams(learning_rate=1e-4))
     sampler = trainer.save_weights_and_get_sampling_client("step-1")
     sampler.sample("Hello", num_samples=4, sampling_params=SamplingParams(max_tokens=32))
+
+Addresses: `host:port` (plaintext, unless a CA is given), `grpcs://host:port` or `https://host:port` (TLS,
+checked against `ca_file`, else $MINT_CA_FILE, else gRPC's default roots, the well-known public CAs).
 """
 
 from __future__ import annotations
@@ -32,6 +35,15 @@ from mint.sdk.types import (
     prompt_proto,
 )
 from mint.server import channel
+from mint.tls import CERT_PEM, TLSConfig, read_pem
+
+
+def client_tls(ca_file: str | None = None) -> TLSConfig:
+    """A client's TLS: trust `ca_file` (default: $MINT_CA_FILE), checked now so a wrong path is named."""
+    name, path = ("ca_file", ca_file) if ca_file else ("MINT_CA_FILE", os.environ.get("MINT_CA_FILE", ""))
+    if path:
+        read_pem(path, name, CERT_PEM)
+    return TLSConfig(ca_file=path)
 
 
 def _async(method):
@@ -46,12 +58,16 @@ def _async(method):
 
 
 class ServiceClient:
-    def __init__(self, address: str | None = None, api_key: str | None = None, *, timeout_s: float = 600.0):
+    def __init__(
+        self, address: str | None = None, api_key: str | None = None, *, ca_file: str | None = None, timeout_s: float = 600.0,
+    ):
+        """`ca_file`: the PEM CA bundle a TLS server's certificate is checked against (default: $MINT_CA_FILE);
+        given, a bare `host:port` is reached over TLS too."""
         self.address = address or os.environ.get("MINT_ADDRESS", "127.0.0.1:50050")
         self.api_key = api_key or os.environ.get("MINT_API_KEY", "")
         if not self.api_key:
             raise MintError(Code.UNAUTHENTICATED, "pass api_key or set MINT_API_KEY")
-        self.channel = channel(self.address)
+        self.channel = channel(self.address, client_tls(ca_file))
         self.metadata = auth.call_metadata(self.api_key)
         self.timeout_s = timeout_s
         self.catalog = CatalogClient(self.channel, self.api_key, timeout_s=timeout_s)

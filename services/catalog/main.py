@@ -46,6 +46,7 @@ def create_server(config: CatalogConfig, catalog: Catalog | None = None) -> tupl
         authenticator=StoreAuthenticator(catalog.store),
         max_workers=config.max_workers,
         limits=config.request_limits,
+        tls=config.tls,
     )
 
 
@@ -53,4 +54,4 @@ def serve(config: CatalogConfig | None = None) -> None:
     config = config or CatalogConfig.from_env()
     catalog = open_catalog(config)
     server, port = create_server(config, catalog)
-    run_until_signalled(server, port, "catalog", on_stop=catalog.store.close)
+    run_until_signalled(server, port, "catalog", on_stop=catalog.store.close, security=config.tls.security(public=False))

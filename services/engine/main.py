@@ -33,12 +33,12 @@ def open_engine(config: EngineConfig) -> Engine:
     """An engine that fetches adapters from the catalog at config.catalog_address (reading them straight from
     the catalog's blob store when config.blob_dir names it), and registers its base model there when its key
     may (an admin key; otherwise an operator runs `mint base register`)."""
-    source: AdapterSource = CatalogBlobSource(channel(config.catalog_address), config.service_key)
+    source: AdapterSource = CatalogBlobSource(channel(config.catalog_address, config.tls), config.service_key)
     if config.blob_dir:
         source = BlobStoreSource(LocalBlobStore(config.blob_dir, create=False), fallback=source)
     engine = Engine(config, source)
     try:
-        CatalogClient(channel(config.catalog_address), config.service_key).register_base_dir(config.model_path, engine.base_model)
+        CatalogClient(channel(config.catalog_address, config.tls), config.service_key).register_base_dir(config.model_path, engine.base_model)
     except MintError as err:
         log.warning("base model %s not registered by this engine: %s", engine.base_model, err)
     return engine.start()
@@ -49,11 +49,11 @@ def create_server(config: EngineConfig, engine: Engine) -> tuple[grpc.Server, in
     turns NOT_SERVING if the engine stops serving (its step loop ended), for load balancers and probes."""
     authenticator = None
     if config.catalog_address:
-        authenticator = RemoteAuthenticator(channel(config.catalog_address), roles=frozenset({Role.SERVICE, Role.ADMIN}))
+        authenticator = RemoteAuthenticator(channel(config.catalog_address, config.tls), roles=frozenset({Role.SERVICE, Role.ADMIN}))
     service = engine_service(engine)
     checks = health.HealthServicer()
     server, port = build_server([service], address=config.address, authenticator=authenticator, max_workers=config.max_num_seqs + 16,
-                                limits=config.request_limits, health_servicer=checks)
+                                limits=config.request_limits, health_servicer=checks, tls=config.tls)
     engine.on_failure(lambda: [checks.set(name, health_pb2.HealthCheckResponse.NOT_SERVING) for name in ("", service.name)])
     return server, port
 
@@ -78,4 +78,4 @@ def serve(config: EngineConfig | None = None) -> None:
 
     if agent is not None:
         agent.start()  # requests routed here before the server starts are retried elsewhere
-    run_until_signalled(server, port, "engine", on_stop=on_stop)
+    run_until_signalled(server, port, "engine", on_stop=on_stop, security=config.tls.security(public=False))

@@ -13,6 +13,7 @@ from mint import auth
 from mint.errors import MintError
 from mint.proto import common_pb2, engine_pb2, engine_pb2_grpc
 from mint.server import channel
+from mint.tls import TLSConfig
 
 
 class SampleStream(Protocol):
@@ -27,9 +28,10 @@ class EngineConnector(Protocol):
 
 
 class GrpcEngines:
-    """One channel per engine address, calling with the gateway's service key."""
+    """One channel per engine address (TLS as `tls` says), calling with the gateway's service key."""
 
-    def __init__(self, service_key: str):
+    def __init__(self, service_key: str, tls: TLSConfig | None = None):
+        self._tls = tls
         self._metadata = auth.call_metadata(service_key)
         self._stubs: dict[str, engine_pb2_grpc.EngineServiceStub] = {}
         self._lock = threading.Lock()
@@ -38,7 +40,7 @@ class GrpcEngines:
         with self._lock:
             stub = self._stubs.get(address)
             if stub is None:
-                stub = self._stubs[address] = engine_pb2_grpc.EngineServiceStub(channel(address))
+                stub = self._stubs[address] = engine_pb2_grpc.EngineServiceStub(channel(address, self._tls))
             return stub
 
     def sample(self, address, request, timeout_s):

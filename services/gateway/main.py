@@ -62,25 +62,25 @@ def start_reaper(scheduler: Scheduler) -> threading.Thread:
 
 
 def create_server(config: GatewayConfig) -> tuple[grpc.Server, int]:
-    catalog = channel(config.catalog_address)
+    catalog = channel(config.catalog_address, config.tls)
     resolver = ResolveCache(catalog_resolver(catalog), ttl_s=config.resolve_ttl_s)
     if config.redis_url:
         RedisPolicyBus(config.redis_url, config.redis_prefix).subscribe(resolver.invalidate)
     scheduler = open_scheduler(config.redis_url or None, prefix=config.redis_prefix, heartbeat_s=config.heartbeat_s)
     start_reaper(scheduler)
     services = [
-        sampling_service(SamplingServicer(resolver, scheduler, GrpcEngines(config.service_key), retries=config.retries)),
+        sampling_service(SamplingServicer(resolver, scheduler, GrpcEngines(config.service_key, config.tls), retries=config.retries)),
         generic_service(forwarding_handler(catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"], lambda: catalog), catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"]),
     ]
     if config.trainer_address:
-        trainer = channel(config.trainer_address)
+        trainer = channel(config.trainer_address, config.tls)
         descriptor = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"]
         services.append(generic_service(forwarding_handler(descriptor, lambda: trainer), descriptor))
     return build_server(services, address=config.address, authenticator=RemoteAuthenticator(catalog), max_workers=config.max_workers,
-                        limits=config.request_limits)
+                        limits=config.request_limits, tls=config.tls, public=True)
 
 
 def serve(config: GatewayConfig | None = None) -> None:
     config = config or GatewayConfig.from_env()
     server, port = create_server(config)
-    run_until_signalled(server, port, "gateway")
+    run_until_signalled(server, port, "gateway", security=config.tls.security(public=True))

@@ -17,19 +17,19 @@ def trainer_service(servicer: TrainerServicer) -> Service:
 
 
 def open_trainer(config: TrainerConfig) -> tuple[Trainer, TrainerServicer]:
-    publisher = CatalogPublisher(channel(config.catalog_address), config.service_key) if config.catalog_address else None
+    publisher = CatalogPublisher(channel(config.catalog_address, config.tls), config.service_key) if config.catalog_address else None
     trainer = Trainer(config, publisher)
     return trainer, TrainerServicer(trainer, publisher.ensure_policy if publisher else None)
 
 
 def create_server(config: TrainerConfig, servicer: TrainerServicer) -> tuple[grpc.Server, int]:
-    authenticator = RemoteAuthenticator(channel(config.catalog_address)) if config.catalog_address else None
+    authenticator = RemoteAuthenticator(channel(config.catalog_address, config.tls)) if config.catalog_address else None
     return build_server([trainer_service(servicer)], address=config.address, authenticator=authenticator, max_workers=config.max_workers,
-                        limits=config.request_limits)
+                        limits=config.request_limits, tls=config.tls)
 
 
 def serve(config: TrainerConfig | None = None) -> None:
     config = config or TrainerConfig.from_env()
     trainer, servicer = open_trainer(config)
     server, port = create_server(config, servicer)
-    run_until_signalled(server, port, "trainer", on_stop=trainer.close)
+    run_until_signalled(server, port, "trainer", on_stop=trainer.close, security=config.tls.security(public=False))
