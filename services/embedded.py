@@ -1,5 +1,6 @@
 """The embedded deployment: catalog (SQLite + a local blob directory), in-memory scheduler, one engine,
-one trainer and the gateway's public API, all in one process on one port.
+one trainer and the gateway's public API, all in one process on one port (and the gateway's HTTP door, with
+its OpenAI-compatible API, on a port beside it).
 
 Components talk in-process (no loopback gRPC between them); clients use the same public API as against a
 fleet. The data directory keeps the catalog, blobs, engine cache, trainer states and the admin key.
@@ -31,6 +32,8 @@ from services.engine.fleet import FleetAgent
 from services.engine.sequences import Request
 from services.engine.servicer import base_tokenizer, compute_logprobs, start_sample, stream_chunks
 from services.engine.sources import BlobStoreSource
+from services.gateway.http.app import http_server
+from services.gateway.http.door import Door, LocalCatalog
 from services.gateway.main import sampling_service, start_reaper
 from services.gateway.resolver import ResolveCache
 from services.gateway.servicer import SamplingServicer
@@ -107,6 +110,7 @@ class EmbeddedConfig:
     data_dir: str = ".mint"
     base_model: str = ""  # default: the model directory's name
     address: str = "127.0.0.1:50050"
+    http_address: str = "127.0.0.1:0"  # the HTTP door (OpenAI-compatible API); "" for none
     engine: dict = dataclasses.field(default_factory=dict)  # EngineConfig overrides
     trainer: dict = dataclasses.field(default_factory=dict)  # TrainerConfig overrides
     request_limits: RequestLimits = dataclasses.field(default_factory=RequestLimits)
@@ -143,17 +147,30 @@ class EmbeddedStack:
         resolver = ResolveCache(self._resolve)
         self.catalog.policy_listeners.append(resolver.invalidate)
         trainer_servicer = TrainerServicer(self.trainer, publisher.ensure_policy)
+        catalog = catalog_service(self.catalog)
+        sampling = SamplingServicer(resolver, self.scheduler, engines)
+        authenticator = StoreAuthenticator(self.catalog.store)
         self.server, self.port = _build(
             [
-                catalog_service(self.catalog),
-                sampling_service(SamplingServicer(resolver, self.scheduler, engines)),
+                catalog,
+                sampling_service(sampling),
                 trainer_service(trainer_servicer),
             ],
             config.address,
-            StoreAuthenticator(self.catalog.store),
+            authenticator,
             config.request_limits,
             config.tls,
         )
+
+        self.http = None
+        if config.http_address:
+            self.door = Door(sampling, authenticator, LocalCatalog(catalog.servicer), limits=config.request_limits)
+            self.http = http_server(self.door, config.http_address)
+
+    @property
+    def http_url(self) -> str | None:
+        """The HTTP door's base URL (its OpenAI-compatible API is under /v1), or None without one."""
+        return self.http.url if self.http is not None else None
 
     @property
     def address(self) -> str:
@@ -162,9 +179,13 @@ class EmbeddedStack:
 
     def start(self) -> EmbeddedStack:
         self.server.start()
+        if self.http is not None:
+            self.http.start()
         return self
 
     def stop(self) -> None:
+        if self.http is not None:
+            self.http.stop()
         self.server.stop(2).wait()
         self.fleet.stop()
         self.engine.stop()

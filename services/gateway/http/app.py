@@ -1,0 +1,18 @@
+"""The gateway's HTTP app: every HTTP API's routes on one Starlette app, and the server that runs it."""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+
+from services.gateway.http.door import Door
+from services.gateway.http.openai_api import OpenAIApi
+from services.gateway.http.server import HttpServer
+
+
+def create_app(door: Door) -> Starlette:
+    return Starlette(routes=OpenAIApi(door).routes())
+
+
+def http_server(door: Door, address: str) -> HttpServer:
+    """The HTTP door bound to `address` (port 0: any free port), not started: call `.start()`."""
+    return HttpServer(create_app(door), address)
