@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from mint.errors import Code, MintError
 
@@ -35,6 +36,7 @@ _READY = re.compile(r"mint (\S+) listening on port (\d+)(?: \((\w+)\))?")
 class ServiceProcess:
     def __init__(self, args: Sequence[str], env: Mapping[str, str] | None = None, *, timeout_s: float = 120.0, log_path: str | None = None):
         self.args = list(args)
+        self._log_path = log_path
         self._log = open(log_path, "ab") if log_path else None  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, *self.args],
@@ -59,7 +61,7 @@ class ServiceProcess:
             line = self.proc.stdout.readline()
             if not line:
                 if self.proc.poll() is not None:
-                    raise MintError(Code.UNAVAILABLE, f"{' '.join(self.args)} exited with {self.proc.returncode} before it was ready")
+                    raise MintError(Code.UNAVAILABLE, f"{' '.join(self.args)} exited with {self.proc.returncode} before it was ready{self._log_tail()}")
                 continue
             match = _READY.search(line)
             if match:
@@ -67,6 +69,13 @@ class ServiceProcess:
                 return int(match.group(2))
         self.proc.kill()
         raise MintError(Code.DEADLINE_EXCEEDED, f"{' '.join(self.args)} was not ready within {timeout_s}s")
+
+    def _log_tail(self, lines: int = 20) -> str:
+        if not self._log_path:
+            return ""
+        self._log.flush()
+        tail = Path(self._log_path).read_text(errors="replace").splitlines()[-lines:]
+        return f"; the end of {self._log_path}:\n" + "\n".join(tail) if tail else ""
 
     def _drain(self) -> None:
         assert self.proc.stdout is not None

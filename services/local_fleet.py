@@ -91,7 +91,16 @@ class LocalFleet:
         self.blob_dir = self.workdir / "blobs"
         if shared_blobs:
             self.engine_env = {"MINT_BLOB_DIR": str(self.blob_dir), **self.engine_env}
+        self.catalog = self.trainer = self.gateway = self.client = None
+        self.engines: list[ServiceProcess] = []
         self.redis = RedisServer(self.workdir)
+        try:
+            self._start(database_url, engines, heartbeat_s, trainer, tls_env)
+        except BaseException:  # a service that would not start: stop the ones that did, leave nothing running
+            self.stop()
+            raise
+
+    def _start(self, database_url: str, engines: int, heartbeat_s: float, trainer: bool, tls_env: dict[str, str]) -> None:
         self.admin_key = auth.generate_key().key
         self.catalog = ServiceProcess(
             ["-m", "services.catalog"],
@@ -139,7 +148,8 @@ class LocalFleet:
             time.sleep(0.1)
 
     def stop(self) -> None:
-        self.client.close()
+        if self.client is not None:
+            self.client.close()
         for process in [self.gateway, *self.engines, self.trainer, self.catalog]:
             if process is not None:
                 process.stop()

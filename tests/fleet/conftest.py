@@ -21,7 +21,9 @@ def fleet_base(tmp_path_factory):
 @pytest.fixture
 def fleet(tmp_path, pg_url, fleet_base):
     fleet = LocalFleet(tmp_path, pg_url, fleet_base, engines=2, heartbeat_s=HEARTBEAT_S)
-    fleet.wait_for_engines(2)
-    yield fleet
-    fleet.stop()
+    try:
+        fleet.wait_for_engines(2)
+        yield fleet
+    finally:
+        fleet.stop()  # also when the engines never registered: no process outlives its test
     assert_clean_logs(fleet.workdir.glob("*.log"))

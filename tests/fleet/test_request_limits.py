@@ -24,9 +24,11 @@ IDLE_S = 1.0
 def small_fleet(tmp_path, pg_url, fleet_base, monkeypatch):
     monkeypatch.setenv("MINT_LIMIT_UPLOAD_IDLE_S", str(IDLE_S))  # the child processes read it in from_env
     fleet = LocalFleet(tmp_path, pg_url, fleet_base, engines=1, heartbeat_s=HEARTBEAT_S)
-    fleet.wait_for_engines(1)
-    yield fleet
-    fleet.stop()
+    try:
+        fleet.wait_for_engines(1)
+        yield fleet
+    finally:
+        fleet.stop()
     assert_clean_logs(fleet.workdir.glob("*.log"))
 
 
