@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--model", help="base model directory (embedded)")
     serve.add_argument("--data-dir", default=".mint")
     serve.add_argument("--address", default="127.0.0.1:50050")
+    serve.add_argument("--http-address", default="", help="the OpenAI-compatible HTTP API (embedded; default: --address's host on "
+                       "port 8080, any free port when --address's is 0; 'off': none)")
     serve.add_argument("--tls-cert", help="serve TLS with this PEM certificate (embedded; default: $MINT_TLS_CERT)")
     serve.add_argument("--tls-key", help="its PEM private key (default: $MINT_TLS_KEY)")
     serve.add_argument("--tls-ca", help="CA bundle for client certificates, with MINT_TLS_CLIENT_AUTH=require (default: $MINT_TLS_CA)")
@@ -116,9 +118,13 @@ def _serve(args) -> int:
     except MintError as err:
         print(f"mint serve: {err}", file=sys.stderr)
         return 2
-    stack = embedded(model_path=args.model, data_dir=args.data_dir, address=args.address, request_limits=RequestLimits.from_env(), tls=tls)
+    http_address = args.http_address or f"{args.address.rpartition(':')[0]}:{0 if args.address.endswith(':0') else 8080}"
+    stack = embedded(model_path=args.model, data_dir=args.data_dir, address=args.address, request_limits=RequestLimits.from_env(), tls=tls,
+                     http_address="" if http_address == "off" else http_address)
     print(READY_LINE.format(name="embedded", port=stack.port, security=tls.security(public=True)), flush=True)
     print(f"admin key (also in {args.data_dir}/admin.key): {stack.admin_key}", flush=True)
+    if stack.http_url:
+        print(f"OpenAI-compatible API: {stack.http_url}/v1", flush=True)
     try:
         stack.server.wait_for_termination()
     except KeyboardInterrupt:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -16,6 +17,9 @@ from mint.server import RemoteAuthenticator, Service, build_server, channel, run
 from services.gateway.config import GatewayConfig
 from services.gateway.engines import GrpcEngines
 from services.gateway.forwarding import forwarding_handler
+from services.gateway.http.app import http_server
+from services.gateway.http.door import Door, GrpcCatalog
+from services.gateway.http.server import HttpServer
 from services.gateway.resolver import ResolveCache
 from services.gateway.servicer import SamplingServicer
 from services.scheduler import Scheduler, open_scheduler
@@ -62,25 +66,42 @@ def start_reaper(scheduler: Scheduler) -> threading.Thread:
 
 
 def create_server(config: GatewayConfig) -> tuple[grpc.Server, int]:
+    server, port, _ = create_servers(dataclasses.replace(config, http_address="off"))
+    return server, port
+
+
+def create_servers(config: GatewayConfig) -> tuple[grpc.Server, int, HttpServer | None]:
+    """The gRPC server and its port, and the HTTP door over the same servicer (None with http_address
+    "off"), bound and not started."""
     catalog = channel(config.catalog_address, config.tls)
     resolver = ResolveCache(catalog_resolver(catalog), ttl_s=config.resolve_ttl_s)
     if config.redis_url:
         RedisPolicyBus(config.redis_url, config.redis_prefix).subscribe(resolver.invalidate)
     scheduler = open_scheduler(config.redis_url or None, prefix=config.redis_prefix, heartbeat_s=config.heartbeat_s)
     start_reaper(scheduler)
+    sampling = SamplingServicer(resolver, scheduler, GrpcEngines(config.service_key, config.tls), retries=config.retries)
+    authenticator = RemoteAuthenticator(catalog)
     services = [
-        sampling_service(SamplingServicer(resolver, scheduler, GrpcEngines(config.service_key, config.tls), retries=config.retries)),
+        sampling_service(sampling),
         generic_service(forwarding_handler(catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"], lambda: catalog), catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"]),
     ]
     if config.trainer_address:
         trainer = channel(config.trainer_address, config.tls)
         descriptor = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"]
         services.append(generic_service(forwarding_handler(descriptor, lambda: trainer), descriptor))
-    return build_server(services, address=config.address, authenticator=RemoteAuthenticator(catalog), max_workers=config.max_workers,
-                        limits=config.request_limits, tls=config.tls, public=True)
+    server, port = build_server(services, address=config.address, authenticator=authenticator, max_workers=config.max_workers,
+                                limits=config.request_limits, tls=config.tls, public=True)
+    http = None
+    if config.http_address != "off":
+        door = Door(sampling, authenticator, GrpcCatalog(catalog), limits=config.request_limits, max_workers=config.max_workers)
+        http = http_server(door, config.http_address)
+    return server, port, http
 
 
 def serve(config: GatewayConfig | None = None) -> None:
     config = config or GatewayConfig.from_env()
-    server, port = create_server(config)
-    run_until_signalled(server, port, "gateway", security=config.tls.security(public=True))
+    server, port, http = create_servers(config)
+    if http is not None:
+        http.start()
+        print(f"mint gateway HTTP (OpenAI-compatible API at /v1) on {http.url}", flush=True)
+    run_until_signalled(server, port, "gateway", on_stop=http.stop if http is not None else None, security=config.tls.security(public=True))
