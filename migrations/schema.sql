@@ -32,6 +32,8 @@ column api_keys.role character varying(16) NOT NULL
 column api_keys.secret_hash character varying(64) NOT NULL
 column api_keys.created_at timestamp with time zone NOT NULL
 column api_keys.revoked_at timestamp with time zone
+column api_keys.scopes character varying(64) NOT NULL
+column api_keys.expires_at timestamp with time zone
 column audit_events.id bigint NOT NULL DEFAULT nextval('audit_events_id_seq'::regclass)
 column audit_events.at timestamp with time zone NOT NULL
 column audit_events.tenant_id bigint
@@ -160,6 +162,7 @@ index CREATE UNIQUE INDEX policies_pkey ON public.policies USING btree (id)
 index CREATE UNIQUE INDEX revisions_pkey ON public.revisions USING btree (id)
 index CREATE UNIQUE INDEX tenants_name_key ON public.tenants USING btree (name)
 index CREATE UNIQUE INDEX tenants_pkey ON public.tenants USING btree (id)
+index CREATE UNIQUE INDEX uq_api_keys_tenant_name ON public.api_keys USING btree (tenant_id, name)
 index CREATE UNIQUE INDEX uq_policies_tenant_name ON public.policies USING btree (tenant_id, name)
 index CREATE UNIQUE INDEX uq_revisions_policy_number ON public.revisions USING btree (policy_id, number)
 view alias_history AS  SELECT m.id, m.policy_id, t.name AS tenant, (t.name::text || '/'::text) || p.name::text AS policy, m.alias, m.from_number, m.to_number, m.action, m.actor, m.reason, m.at AS since, lead(m.at) OVER (PARTITION BY m.policy_id, m.alias ORDER BY m.id) AS until FROM alias_moves m JOIN policies p ON p.id = m.policy_id JOIN tenants t ON t.id = p.tenant_id;

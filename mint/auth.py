@@ -9,6 +9,9 @@ tenant by naming it in the `x-mint-tenant` header; members act only within their
 key that does work a member asked for (a trainer publishing that member's revision) names the member's key
 in `x-mint-on-behalf-of`, so the audit log records who asked, not which service carried it out.
 
+A key holds scopes (`mint.scopes`: read, sample, train, publish, admin), may expire, and may be revoked;
+`KeyCache` refuses an expired key on every use, and serves a revoked one for at most its TTL.
+
 Each of these headers may appear at most once: a call that repeats one is refused, since two values leave
 it ambiguous which one the caller meant (and which one a proxy in between checked).
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import datetime as dt
 import enum
 import hashlib
 import hmac
@@ -28,6 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from mint.errors import Code, MintError
+from mint.scopes import ALL, NON_ADMIN, Scope
 
 AUTH_HEADER = "authorization"
 TENANT_HEADER = "x-mint-tenant"
@@ -41,6 +46,11 @@ class Role(enum.Enum):
     SERVICE = "service"
     ADMIN = "admin"
 
+    @property
+    def scopes(self) -> frozenset[Scope]:
+        """What a key of this role holds unless it was given fewer: everything but admin, or all (admin)."""
+        return ALL if self is Role.ADMIN else NON_ADMIN
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Principal:
@@ -48,10 +58,33 @@ class Principal:
     key_id: str
     role: Role
     on_behalf_of: str | None = None  # the key id a service key acts for (see `for_key`)
+    scopes: frozenset[Scope] | None = None  # None: the role's (`Role.scopes`)
+    key_name: str = ""
+    expires_at: dt.datetime | None = None  # None: never
+
+    def __post_init__(self) -> None:
+        if self.scopes is None:
+            object.__setattr__(self, "scopes", self.role.scopes)
 
     @property
     def privileged(self) -> bool:
         return self.role in (Role.SERVICE, Role.ADMIN)
+
+    @property
+    def key_label(self) -> str:
+        """How messages name the key: its name and id."""
+        return f"{self.key_name!r} ({self.key_id})" if self.key_name else self.key_id
+
+    def has(self, scope: Scope) -> bool:
+        return scope in self.scopes
+
+    def check_unexpired(self, now: dt.datetime) -> None:
+        if self.expires_at is not None and now >= self.expires_at:
+            raise MintError(
+                Code.UNAUTHENTICATED,
+                f"API key {self.key_label} expired at {self.expires_at.isoformat(timespec='seconds')}; ask an admin of tenant "
+                f"{self.tenant} for a new key",
+            )
 
     @property
     def actor(self) -> str:
@@ -144,13 +177,21 @@ def call_metadata(api_key: str | None, tenant: str | None = None, on_behalf_of: 
     return tuple(md)
 
 
-class KeyCache:
-    """Principals of recently seen keys, for `ttl_s` seconds: a revoked key stops working within that time."""
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
-    def __init__(self, lookup: Callable[[str], Principal], ttl_s: float, max_entries: int = 10_000):
+
+class KeyCache:
+    """Principals of recently seen keys, for `ttl_s` seconds: a revoked key stops working within that time.
+    An expired key is refused on every use, cached or not (`now` is the wall clock expiry is read on)."""
+
+    def __init__(
+        self, lookup: Callable[[str], Principal], ttl_s: float, max_entries: int = 10_000, now: Callable[[], dt.datetime] = utcnow,
+    ):
         self._lookup = lookup
         self._ttl = ttl_s
         self._max = max_entries
+        self._now = now
         self._entries: dict[str, tuple[float, Principal]] = {}
         self._lock = threading.Lock()
 
@@ -159,13 +200,21 @@ class KeyCache:
         with self._lock:
             hit = self._entries.get(api_key)
         if hit is not None and now - hit[0] < self._ttl:
-            return hit[1]
-        principal = self._lookup(api_key)
-        with self._lock:
-            if len(self._entries) >= self._max:
-                self._entries.clear()
-            self._entries[api_key] = (now, principal)
+            principal = hit[1]
+        else:
+            principal = self._lookup(api_key)
+            with self._lock:
+                if len(self._entries) >= self._max:
+                    self._entries.clear()
+                self._entries[api_key] = (now, principal)
+        principal.check_unexpired(self._now())
         return principal
+
+    def forget(self, key_id: str) -> None:
+        """Drop the key `key_id` (revoked here), so that its next use is looked up again."""
+        with self._lock:
+            for api_key in [k for k, (_, p) in self._entries.items() if p.key_id == key_id]:
+                del self._entries[api_key]
 
 
 _current: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("mint_principal", default=None)
@@ -188,7 +237,16 @@ def acting(principal: Principal | None) -> Iterator[None]:
 
 
 def require_admin() -> Principal:
+    """The caller, a global admin: an admin-role key holding the admin scope."""
     principal = current_principal()
-    if principal.role is not Role.ADMIN:
-        raise MintError(Code.PERMISSION_DENIED, "this call needs an admin key")
+    if principal.role is not Role.ADMIN or not principal.has(Scope.ADMIN):
+        raise MintError(Code.PERMISSION_DENIED, f"this call needs an admin key (role admin, scope admin); key {principal.key_label} is not one")
+    return principal
+
+
+def require_scope(scope: Scope) -> Principal:
+    """The caller, holding `scope` (for in-process callers, which no interceptor checked)."""
+    principal = current_principal()
+    if not principal.has(scope):
+        raise MintError(Code.PERMISSION_DENIED, f"this call needs the {scope.value!r} scope; key {principal.key_label} does not hold it")
     return principal

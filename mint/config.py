@@ -50,6 +50,7 @@ class FleetConfig:
     redis_prefix: str = env_field("MINT_REDIS_PREFIX", "mint:")  # keys and channels, so fleets can share a Redis
     heartbeat_s: float = env_field("MINT_HEARTBEAT_S", 1.0)  # engines' heartbeat period; 3 missed: reaped
     service_key: str = env_field("MINT_SERVICE_KEY", "")  # how MinT's services call each other
+    key_cache_ttl_s: float = env_field("MINT_KEY_CACHE_TTL_S", 10.0)  # how long a revoked key may still work here
     request_limits: RequestLimits = dataclasses.field(default_factory=RequestLimits)  # MINT_LIMIT_* (mint.limits)
     tls: TLSConfig = dataclasses.field(default_factory=TLSConfig)  # MINT_TLS_* (mint.tls): its port and its channels
 

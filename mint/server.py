@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import datetime as dt
 import gc
 import logging
 import queue
@@ -28,7 +29,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
-from mint import auth
+from mint import auth, scopes
 from mint.errors import Code, MintError, invalid
 from mint.limits import RequestLimits, check_request, cut_message
 from mint.runtime import serial_thread
@@ -112,6 +113,7 @@ class MintInterceptor(grpc.ServerInterceptor):
             principal = None
             if self._authenticator is not None:
                 principal = principal_from_metadata(self._authenticator, context.invocation_metadata())
+                scopes.check(principal, method)  # the key holds a scope this method accepts (mint.scopes.REQUIRED)
             with auth.acting(principal), self._uploads.hold(principal) if upload else nullcontext():
                 yield
         except MintError as err:
@@ -403,8 +405,10 @@ def channel(address: str, tls: TLSConfig | None = None) -> grpc.Channel:
 
 
 class RemoteAuthenticator:
-    """Authenticates keys by asking the catalog (WhoAmI), caching answers for a few seconds; for services
-    that do not own the key table. `roles` limits who may call (e.g. only service keys, for engines)."""
+    """Authenticates keys by asking the catalog (WhoAmI), caching answers for `ttl_s` seconds (FleetConfig's
+    key_cache_ttl_s, MINT_KEY_CACHE_TTL_S): a key revoked in the catalog works here at most that much longer.
+    For services that do not own the key table. `roles` limits who may call (e.g. only service keys, for
+    engines)."""
 
     def __init__(self, catalog: grpc.Channel, *, ttl_s: float = 10.0, roles: frozenset[auth.Role] | None = None):
         from mint.proto import catalog_pb2_grpc
@@ -429,7 +433,10 @@ class RemoteAuthenticator:
                 raise MintError(Code.UNAUTHENTICATED, err.details() or "API key is unknown or revoked") from None
             raise MintError(Code.UNAVAILABLE, f"cannot check the API key: the catalog answered {err.code().name}") from None
         role = {catalog_pb2.ROLE_ADMIN: auth.Role.ADMIN, catalog_pb2.ROLE_SERVICE: auth.Role.SERVICE}.get(who.role, auth.Role.MEMBER)
-        return auth.Principal(tenant=who.tenant, key_id=who.key_id, role=role)
+        expires_at = who.expires_at.ToDatetime(tzinfo=dt.UTC) if who.HasField("expires_at") else None
+        return auth.Principal(
+            tenant=who.tenant, key_id=who.key_id, role=role, scopes=scopes.parse(who.scopes), key_name=who.key_name, expires_at=expires_at,
+        )
 
 
 def time_left(context: grpc.ServicerContext) -> float | None:

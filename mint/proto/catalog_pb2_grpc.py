@@ -50,6 +50,16 @@ class CatalogServiceStub:
                 request_serializer=mint_dot_v1_dot_catalog__pb2.CreateApiKeyRequest.SerializeToString,
                 response_deserializer=mint_dot_v1_dot_catalog__pb2.CreateApiKeyResponse.FromString,
                 _registered_method=True)
+        self.RevokeApiKey = channel.unary_unary(
+                '/mint.v1.CatalogService/RevokeApiKey',
+                request_serializer=mint_dot_v1_dot_catalog__pb2.RevokeApiKeyRequest.SerializeToString,
+                response_deserializer=mint_dot_v1_dot_catalog__pb2.ApiKey.FromString,
+                _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/mint.v1.CatalogService/ListApiKeys',
+                request_serializer=mint_dot_v1_dot_catalog__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=mint_dot_v1_dot_catalog__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
         self.RegisterBaseModel = channel.unary_unary(
                 '/mint.v1.CatalogService/RegisterBaseModel',
                 request_serializer=mint_dot_v1_dot_catalog__pb2.RegisterBaseModelRequest.SerializeToString,
@@ -168,13 +178,26 @@ class CatalogServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateTenant(self, request, context):
-        """Administration (admin keys only).
+        """Administration (keys with the admin scope; tenants and base models: global admin keys only).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateApiKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeApiKey(self, request, context):
+        """A revoked key is refused by the catalog at once, by other services within their key cache's TTL.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApiKeys(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -326,6 +349,16 @@ def add_CatalogServiceServicer_to_server(servicer, server):
                     servicer.CreateApiKey,
                     request_deserializer=mint_dot_v1_dot_catalog__pb2.CreateApiKeyRequest.FromString,
                     response_serializer=mint_dot_v1_dot_catalog__pb2.CreateApiKeyResponse.SerializeToString,
+            ),
+            'RevokeApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeApiKey,
+                    request_deserializer=mint_dot_v1_dot_catalog__pb2.RevokeApiKeyRequest.FromString,
+                    response_serializer=mint_dot_v1_dot_catalog__pb2.ApiKey.SerializeToString,
+            ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=mint_dot_v1_dot_catalog__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=mint_dot_v1_dot_catalog__pb2.ListApiKeysResponse.SerializeToString,
             ),
             'RegisterBaseModel': grpc.unary_unary_rpc_method_handler(
                     servicer.RegisterBaseModel,
@@ -514,6 +547,60 @@ class CatalogService:
             '/mint.v1.CatalogService/CreateApiKey',
             mint_dot_v1_dot_catalog__pb2.CreateApiKeyRequest.SerializeToString,
             mint_dot_v1_dot_catalog__pb2.CreateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mint.v1.CatalogService/RevokeApiKey',
+            mint_dot_v1_dot_catalog__pb2.RevokeApiKeyRequest.SerializeToString,
+            mint_dot_v1_dot_catalog__pb2.ApiKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mint.v1.CatalogService/ListApiKeys',
+            mint_dot_v1_dot_catalog__pb2.ListApiKeysRequest.SerializeToString,
+            mint_dot_v1_dot_catalog__pb2.ListApiKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,

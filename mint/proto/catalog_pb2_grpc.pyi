@@ -39,8 +39,11 @@ class CatalogServiceStub:
     WhoAmI: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.WhoAmIRequest, _catalog_pb2.Principal]
     """Who the caller's API key belongs to; other services use it to authenticate their own callers."""
     CreateTenant: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.CreateTenantRequest, _catalog_pb2.Tenant]
-    """Administration (admin keys only)."""
+    """Administration (keys with the admin scope; tenants and base models: global admin keys only)."""
     CreateApiKey: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.CreateApiKeyRequest, _catalog_pb2.CreateApiKeyResponse]
+    RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.RevokeApiKeyRequest, _catalog_pb2.ApiKey]
+    """A revoked key is refused by the catalog at once, by other services within their key cache's TTL."""
+    ListApiKeys: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.ListApiKeysRequest, _catalog_pb2.ListApiKeysResponse]
     RegisterBaseModel: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.RegisterBaseModelRequest, _catalog_pb2.BaseModel]
     GetBaseModel: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.GetBaseModelRequest, _catalog_pb2.BaseModel]
     ListBaseModels: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.ListBaseModelsRequest, _catalog_pb2.ListBaseModelsResponse]
@@ -73,8 +76,11 @@ class CatalogServiceAsyncStub(CatalogServiceStub):
     WhoAmI: _aio.UnaryUnaryMultiCallable[_catalog_pb2.WhoAmIRequest, _catalog_pb2.Principal]  # type: ignore[assignment]
     """Who the caller's API key belongs to; other services use it to authenticate their own callers."""
     CreateTenant: _aio.UnaryUnaryMultiCallable[_catalog_pb2.CreateTenantRequest, _catalog_pb2.Tenant]  # type: ignore[assignment]
-    """Administration (admin keys only)."""
+    """Administration (keys with the admin scope; tenants and base models: global admin keys only)."""
     CreateApiKey: _aio.UnaryUnaryMultiCallable[_catalog_pb2.CreateApiKeyRequest, _catalog_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
+    RevokeApiKey: _aio.UnaryUnaryMultiCallable[_catalog_pb2.RevokeApiKeyRequest, _catalog_pb2.ApiKey]  # type: ignore[assignment]
+    """A revoked key is refused by the catalog at once, by other services within their key cache's TTL."""
+    ListApiKeys: _aio.UnaryUnaryMultiCallable[_catalog_pb2.ListApiKeysRequest, _catalog_pb2.ListApiKeysResponse]  # type: ignore[assignment]
     RegisterBaseModel: _aio.UnaryUnaryMultiCallable[_catalog_pb2.RegisterBaseModelRequest, _catalog_pb2.BaseModel]  # type: ignore[assignment]
     GetBaseModel: _aio.UnaryUnaryMultiCallable[_catalog_pb2.GetBaseModelRequest, _catalog_pb2.BaseModel]  # type: ignore[assignment]
     ListBaseModels: _aio.UnaryUnaryMultiCallable[_catalog_pb2.ListBaseModelsRequest, _catalog_pb2.ListBaseModelsResponse]  # type: ignore[assignment]
@@ -116,7 +122,7 @@ class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _catalog_pb2.CreateTenantRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_catalog_pb2.Tenant, _abc.Awaitable[_catalog_pb2.Tenant]]:
-        """Administration (admin keys only)."""
+        """Administration (keys with the admin scope; tenants and base models: global admin keys only)."""
 
     @_abc_1.abstractmethod
     def CreateApiKey(
@@ -124,6 +130,21 @@ class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _catalog_pb2.CreateApiKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_catalog_pb2.CreateApiKeyResponse, _abc.Awaitable[_catalog_pb2.CreateApiKeyResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RevokeApiKey(
+        self,
+        request: _catalog_pb2.RevokeApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_catalog_pb2.ApiKey, _abc.Awaitable[_catalog_pb2.ApiKey]]:
+        """A revoked key is refused by the catalog at once, by other services within their key cache's TTL."""
+
+    @_abc_1.abstractmethod
+    def ListApiKeys(
+        self,
+        request: _catalog_pb2.ListApiKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_catalog_pb2.ListApiKeysResponse, _abc.Awaitable[_catalog_pb2.ListApiKeysResponse]]: ...
 
     @_abc_1.abstractmethod
     def RegisterBaseModel(

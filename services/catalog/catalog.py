@@ -7,6 +7,7 @@ as a policy that does not exist would. Service and admin keys may name any tenan
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -17,10 +18,13 @@ from mint.blobs import BlobStore, StagedBlob, receive
 from mint.bus import EVERY_POLICY
 from mint.errors import Code, MintError, invalid, not_found
 from mint.names import PolicyName, RevisionRef, check_sha256
+from mint.scopes import Scope
+from mint.scopes import names as scope_names
 from services.catalog.store import CatalogStore, ImportRecord, ImportResult, NewRevision
 from services.catalog.store.entities import (
     Alias,
     AliasMove,
+    ApiKey,
     AuditEvent,
     BaseModel,
     Page,
@@ -31,12 +35,17 @@ from services.catalog.store.entities import (
 from services.catalog.store.revisions import check_revision_fields
 
 
-class StoreAuthenticator:
-    """Checks API keys against the catalog's own table, caching answers for a few seconds."""
+MAX_KEY_TTL_S = 100 * 365 * 86400
 
-    def __init__(self, store: CatalogStore, ttl_s: float = 5.0):
+
+class StoreAuthenticator:
+    """Checks API keys against the catalog's own table, caching answers for a few seconds. A key revoked
+    through this catalog's store is dropped from the cache at once; `now` is the clock expiry is read on."""
+
+    def __init__(self, store: CatalogStore, ttl_s: float = 5.0, now: Callable[[], dt.datetime] = auth.utcnow):
         self._store = store
-        self._cache = auth.KeyCache(self._lookup, ttl_s)
+        self._cache = auth.KeyCache(self._lookup, ttl_s, now=now)
+        store.tenants.revocation_listeners.append(self._cache.forget)
 
     def authenticate(self, api_key: str) -> auth.Principal:
         return self._cache.get(api_key)
@@ -44,9 +53,14 @@ class StoreAuthenticator:
     def _lookup(self, api_key: str) -> auth.Principal:
         key_id, secret = auth.parse_key(api_key)
         record = self._store.tenants.lookup_key(key_id)
-        if record is None or record.revoked or not auth.secret_matches(secret, record.secret_hash):
+        if record is None or not auth.secret_matches(secret, record.secret_hash):
             raise MintError(Code.UNAUTHENTICATED, "API key is unknown or revoked")
-        return auth.Principal(tenant=record.tenant, key_id=key_id, role=record.role)
+        if record.revoked:
+            when = record.revoked_at.isoformat(timespec="seconds")
+            raise MintError(Code.UNAUTHENTICATED, f"API key {record.name!r} ({key_id}) was revoked at {when}; ask an admin of tenant {record.tenant} for a new key")
+        return auth.Principal(
+            tenant=record.tenant, key_id=key_id, role=record.role, scopes=record.scopes, key_name=record.name, expires_at=record.expires_at,
+        )
 
 
 class Catalog:
@@ -71,14 +85,54 @@ class Catalog:
         principal = auth.require_admin()
         return self.store.tenants.create_tenant(name, actor=principal.actor)
 
-    def create_api_key(self, tenant: str, name: str, role: auth.Role) -> tuple[str, str]:
-        """(key, key_id). Admins create any key; members create member keys in their own tenant."""
-        principal = auth.current_principal()
+    def create_api_key(
+        self, tenant: str, name: str, role: auth.Role, *, scopes: frozenset[Scope] | None = None, expires_at: dt.datetime | None = None,
+        ttl_s: int | None = None,
+    ) -> tuple[str, ApiKey]:
+        """(key, its record). A key with the admin scope creates member keys in its own tenant; a global admin
+        key (role admin) any key in any tenant. Either way the new key holds no scope its creator does not
+        (`scopes` None: the role's scopes the creator holds) and expires no later than its creator (given
+        neither `expires_at` nor `ttl_s`: when its creator does)."""
+        principal = auth.require_scope(Scope.ADMIN)
         tenant = tenant or principal.tenant
-        if principal.role is not auth.Role.ADMIN and (role is not auth.Role.MEMBER or tenant != principal.tenant):
-            raise MintError(Code.PERMISSION_DENIED, "only admin keys create keys for other tenants or with other roles")
-        new, _ = self.store.tenants.create_key(tenant, name, role, actor=principal.actor)
-        return new.key, new.key_id
+        if principal.role is not auth.Role.ADMIN:
+            if tenant != principal.tenant:
+                raise MintError(Code.PERMISSION_DENIED, f"key {principal.key_label} of tenant {principal.tenant} cannot create keys of tenant {tenant}; only global admin keys can")
+            if role is not auth.Role.MEMBER:
+                raise MintError(Code.PERMISSION_DENIED, f"only global admin keys create {role.value} keys; key {principal.key_label} creates member keys")
+        granted = role.scopes & principal.scopes if scopes is None else scopes
+        beyond = granted - principal.scopes
+        if beyond:
+            raise MintError(
+                Code.PERMISSION_DENIED,
+                f"a key cannot grant more than its creator holds: key {principal.key_label} does not hold {', '.join(scope_names(beyond))}",
+            )
+        expires_at = _expiry(expires_at, ttl_s)
+        if principal.expires_at is not None:
+            if expires_at is None:
+                expires_at = principal.expires_at
+            elif expires_at > principal.expires_at:
+                raise MintError(
+                    Code.PERMISSION_DENIED,
+                    f"a key cannot outlive its creator: key {principal.key_label} expires at {principal.expires_at.isoformat(timespec='seconds')}",
+                )
+        new, key = self.store.tenants.create_key(tenant, name, role, actor=principal.actor, scopes=granted, expires_at=expires_at)
+        return new.key, key
+
+    def revoke_api_key(self, tenant: str, name: str) -> ApiKey:
+        """Revoke a key by name: admin-scope keys in their own tenant, global admin keys in any."""
+        principal = self._key_admin(tenant)
+        return self.store.tenants.revoke_key(tenant or principal.tenant, name, actor=principal.actor)
+
+    def list_api_keys(self, tenant: str = "", page_token: str = "", limit: int = 0) -> Page[ApiKey]:
+        principal = self._key_admin(tenant)
+        return self.store.tenants.list_keys(tenant or principal.tenant, page_token=page_token, limit=limit)
+
+    def _key_admin(self, tenant: str) -> auth.Principal:
+        principal = auth.require_scope(Scope.ADMIN)
+        if tenant and tenant != principal.tenant and principal.role is not auth.Role.ADMIN:
+            raise MintError(Code.PERMISSION_DENIED, f"key {principal.key_label} of tenant {principal.tenant} manages only that tenant's keys, not {tenant}'s")
+        return principal
 
     def register_base_model(self, **fields: Any) -> BaseModel:
         principal = auth.require_admin()
@@ -277,6 +331,16 @@ class Catalog:
         if name.tenant != principal.tenant and not principal.privileged:
             raise not_found(f"policy {name} not found")
         return name
+
+
+def _expiry(expires_at: dt.datetime | None, ttl_s: int | None) -> dt.datetime | None:
+    if expires_at is not None and ttl_s is not None:
+        raise invalid("give a key expires_at or ttl_s, not both")
+    if ttl_s is None:
+        return expires_at
+    if not 0 < ttl_s <= MAX_KEY_TTL_S:
+        raise invalid(f"ttl_s must be 1..{MAX_KEY_TTL_S} seconds (100 years), got {ttl_s}")
+    return auth.utcnow() + dt.timedelta(seconds=ttl_s)
 
 
 def _check_metrics(metrics: dict[str, float]) -> dict[str, float]:

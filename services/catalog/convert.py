@@ -13,11 +13,12 @@ import json
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from mint.auth import Role
+from mint.auth import Principal, Role
 from mint.errors import invalid
 from mint.proto import catalog_pb2 as pb
+from mint.scopes import names as scope_names
 from services.catalog.store import ImportRecord
-from services.catalog.store.entities import Alias, AliasMove, AuditEvent, BaseModel, Policy, Revision, Tenant
+from services.catalog.store.entities import Alias, AliasMove, ApiKey, AuditEvent, BaseModel, Policy, Revision, Tenant
 
 _MIN_SECONDS = -62_135_596_800  # 0001-01-01T00:00:00Z
 _MAX_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z
@@ -38,6 +39,21 @@ def timestamp(value: dt.datetime | None) -> Timestamp | None:
 
 def tenant_pb(t: Tenant) -> pb.Tenant:
     return pb.Tenant(name=t.name, created_at=timestamp(t.created_at))
+
+
+def principal_pb(p: Principal) -> pb.Principal:
+    return pb.Principal(
+        tenant=p.tenant, key_id=p.key_id, role=ROLE_TO_PB[p.role], scopes=scope_names(p.scopes), key_name=p.key_name,
+        expires_at=timestamp(p.expires_at),
+    )
+
+
+def api_key_pb(k: ApiKey) -> pb.ApiKey:
+    """A key as listings show it: its secret's hash never leaves the catalog."""
+    return pb.ApiKey(
+        key_id=k.key_id, tenant=k.tenant, name=k.name, role=ROLE_TO_PB[k.role], scopes=scope_names(k.scopes),
+        created_at=timestamp(k.created_at), expires_at=timestamp(k.expires_at), revoked_at=timestamp(k.revoked_at),
+    )
 
 
 def datetime_of(ts: Timestamp, field: str) -> dt.datetime:
@@ -137,4 +153,5 @@ def audit_event_pb(e: AuditEvent) -> pb.AuditEvent:
         policy=e.policy or "",
         revision_number=e.revision_number or 0,
         details_json=json.dumps(e.details, sort_keys=True, default=str),
+        key_name=e.key_name or "",
     )

@@ -43,7 +43,7 @@ def create_server(config: CatalogConfig, catalog: Catalog | None = None) -> tupl
     return build_server(
         [catalog_service(catalog)],
         address=config.address,
-        authenticator=StoreAuthenticator(catalog.store),
+        authenticator=StoreAuthenticator(catalog.store, ttl_s=config.key_cache_ttl_s),
         max_workers=config.max_workers,
         limits=config.request_limits,
         tls=config.tls,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
+from mint import scopes
 from mint.adapters.refs import adapter_ref
 from mint.errors import invalid
 from mint.proto import catalog_pb2 as pb
@@ -30,8 +31,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         self.catalog = catalog
 
     def WhoAmI(self, request, context):
-        principal = self.catalog.who_am_i()
-        return pb.Principal(tenant=principal.tenant, key_id=principal.key_id, role=convert.ROLE_TO_PB[principal.role])
+        return convert.principal_pb(self.catalog.who_am_i())
 
     def CreateTenant(self, request, context):
         tenant = self.catalog.create_tenant(request.name)
@@ -41,9 +41,24 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         role = convert.ROLE_FROM_PB.get(request.role or pb.ROLE_MEMBER)
         if role is None:
             raise invalid(f"unknown role {request.role}")
-        key, key_id = self.catalog.create_api_key(request.tenant, request.name, role)
-        principal_tenant = request.tenant or self.catalog.who_am_i().tenant
-        return pb.CreateApiKeyResponse(key=key, key_id=key_id, tenant=principal_tenant, role=convert.ROLE_TO_PB[role])
+        if request.ttl_s < 0:
+            raise invalid(f"ttl_s must be a positive number of seconds (0: not given), got {request.ttl_s}")
+        key, info = self.catalog.create_api_key(
+            request.tenant,
+            request.name,
+            role,
+            scopes=scopes.parse(request.scopes) if request.scopes else None,
+            expires_at=convert.datetime_of(request.expires_at, "expires_at") if request.HasField("expires_at") else None,
+            ttl_s=request.ttl_s or None,
+        )
+        return pb.CreateApiKeyResponse(key=key, key_id=info.key_id, tenant=info.tenant, role=convert.ROLE_TO_PB[role], info=convert.api_key_pb(info))
+
+    def RevokeApiKey(self, request, context):
+        return convert.api_key_pb(self.catalog.revoke_api_key(request.tenant, request.name))
+
+    def ListApiKeys(self, request, context):
+        page = self.catalog.list_api_keys(request.tenant, *_page(request))
+        return pb.ListApiKeysResponse(keys=[convert.api_key_pb(k) for k in page.items], next_page_token=page.next_token)
 
     def RegisterBaseModel(self, request, context):
         try:

@@ -18,7 +18,7 @@ class CatalogStore:
     def __init__(self, db: Database):
         self.db = db
         tokens = PageTokens.load(db)
-        self.tenants = TenantStore(db)
+        self.tenants = TenantStore(db, tokens)
         self.blob_index = BlobIndex(db)
         self.base_models = BaseModelStore(db, tokens)
         self.policies = PolicyStore(db, tokens)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, insert, select
+from sqlalchemy import and_, insert, literal, select
 from sqlalchemy.engine import Connection
 
 from mint.errors import not_found
 from services.catalog.store.db import Database
 from services.catalog.store.entities import AuditEvent, Page, utcnow
 from services.catalog.store.pages import AUDIT_EVENTS, PageTokens, page_size
-from services.catalog.store.tables import audit_events, policies, tenants
+from services.catalog.store.tables import api_keys, audit_events, policies, tenants
 
 
 def record_event(
@@ -56,10 +56,13 @@ class AuditStore:
                 tenants.c.name.label("tenant_name"),
                 policies.c.name.label("policy_name"),
                 pt.c.name.label("policy_tenant"),
+                api_keys.c.name.label("key_name"),
             )
             .join(tenants, tenants.c.id == audit_events.c.tenant_id)
             .outerjoin(policies, policies.c.id == audit_events.c.policy_id)
             .outerjoin(pt, pt.c.id == policies.c.tenant_id)
+            # Actors name keys as key:<key_id>; a key's name never changes, so the join reads it as it was.
+            .outerjoin(api_keys, audit_events.c.actor == literal("key:") + api_keys.c.key_id)
             .where(tenants.c.name == tenant)
             .order_by(audit_events.c.id.desc())
             .limit(size + 1)
@@ -87,6 +90,7 @@ class AuditStore:
                 policy=f"{row.policy_tenant}/{row.policy_name}" if row.policy_name else None,
                 revision_number=row.revision_number,
                 details=row.details,
+                key_name=row.key_name,
             )
             for row in rows[:size]
         ]

@@ -8,6 +8,7 @@ from typing import Any, Generic, TypeVar
 
 from mint.adapters import AdapterConfig
 from mint.auth import Role
+from mint.scopes import Scope
 
 T = TypeVar("T")
 
@@ -26,7 +27,14 @@ class ApiKey:
     name: str
     role: Role
     secret_hash: str
-    revoked: bool
+    scopes: frozenset[Scope]
+    created_at: dt.datetime
+    expires_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -135,6 +143,7 @@ class AuditEvent:
     policy: str | None
     revision_number: int | None
     details: dict[str, Any]
+    key_name: str | None = None  # the name of the key `actor` names, when it names one
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -51,7 +51,7 @@ class Field(enum.Enum):
 
     ROW_ID = "row_id"  # a bigint identity: 1..2^63-1
     NUMBER = "number"  # a revision number: 1..2^31-1
-    NAME = "name"  # a policy or base model name: 1..128 characters
+    NAME = "name"  # a policy, base model or key name: 1..128 characters
 
     def holds(self, value: Any) -> bool:
         if self is Field.NAME:
@@ -75,6 +75,7 @@ POLICY_REVISIONS = Listing("policy_revisions", (Field.NUMBER,))
 TENANT_REVISIONS = Listing("tenant_revisions", (Field.ROW_ID,))
 ALIAS_MOVES = Listing("alias_moves", (Field.ROW_ID,))
 AUDIT_EVENTS = Listing("audit_events", (Field.ROW_ID,))
+API_KEYS = Listing("api_keys", (Field.NAME,))
 
 
 class PageTokens:

@@ -49,7 +49,10 @@ api_keys = Table(
     Column("secret_hash", String(64), nullable=False),
     Column("created_at", Timestamp, nullable=False),
     Column("revoked_at", Timestamp, nullable=True),
+    Column("scopes", String(64), nullable=False),  # scope names, comma-separated, in mint.scopes.Scope order
+    Column("expires_at", Timestamp, nullable=True),
     CheckConstraint("role IN ('member', 'service', 'admin')", name="ck_api_keys_role"),
+    Index("uq_api_keys_tenant_name", "tenant_id", "name", unique=True),
 )
 
 base_models = Table(
