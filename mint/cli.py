@@ -7,6 +7,7 @@
     mint base import FILE.gguf DIR
     mint base register DIR                      make a base known to a catalog
     mint train sft|grpo ...                     recipes against a server (--address) or an embedded one
+    mint key create|list|revoke                 API keys with scopes and expiry (a key with the admin scope)
 """
 
 from __future__ import annotations
@@ -52,6 +53,21 @@ def main(argv: list[str] | None = None) -> int:
     register.add_argument("--address", help="the catalog or gateway (default: $MINT_ADDRESS)")
     register.add_argument("--api-key", help="an admin key (default: $MINT_API_KEY)")
 
+    key = commands.add_parser("key", help="API keys: create (with scopes and expiry), list, revoke")
+    key_commands = key.add_subparsers(dest="key_command", required=True)
+    key_create = key_commands.add_parser("create", help="a new key; prints it once")
+    key_create.add_argument("name")
+    key_create.add_argument("--scopes", default="", help="comma-separated: read,sample,train,publish,admin (default: the role's that your key holds)")
+    key_create.add_argument("--expires-in", type=int, default=0, metavar="SECONDS", help="lifetime (default: as long as your key)")
+    key_create.add_argument("--role", default="member", choices=["member", "service", "admin"])
+    key_list = key_commands.add_parser("list", help="the tenant's keys (never their secrets)")
+    key_revoke = key_commands.add_parser("revoke", help="revoke a key by name")
+    key_revoke.add_argument("name")
+    for command in (key_create, key_list, key_revoke):
+        command.add_argument("--tenant", default="", help="default: your key's tenant")
+        command.add_argument("--address", help="the catalog or gateway (default: $MINT_ADDRESS)")
+        command.add_argument("--api-key", help="a key with the admin scope (default: $MINT_API_KEY)")
+
     train = commands.add_parser("train", help="run a training recipe")
     recipes = train.add_subparsers(dest="recipe", required=True)
     for name in ("sft", "grpo"):
@@ -93,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "base":
         return _base(args)
+    if args.command == "key":
+        return _key(args)
     from mint.train_cli import run_train
 
     return run_train(args)
@@ -132,6 +150,46 @@ def _serve(args) -> int:
     finally:
         stack.stop()
     return 0
+
+
+def _key(args) -> int:
+    import os
+
+    from mint.errors import MintError
+    from mint.proto import catalog_pb2
+    from mint.sdk import CatalogClient
+    from mint.server import channel
+
+    address = args.address or os.environ.get("MINT_ADDRESS", "127.0.0.1:50050")
+    client = CatalogClient(channel(address), args.api_key or os.environ.get("MINT_API_KEY", ""))
+    try:
+        if args.key_command == "create":
+            scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+            created = client.create_api_key_info(args.tenant, args.name, args.role, scopes=scopes, expires_in_s=args.expires_in or None)
+            info = created.info
+            expires = _when(info, "expires_at", never="never")
+            print(f"key {info.tenant}/{info.name} ({info.key_id}), scopes {','.join(info.scopes)}, expires {expires}; shown only now:")
+            print(created.key)
+        elif args.key_command == "list":
+            print(f"{'name':<24} {'key id':<12} {'role':<8} {'scopes':<32} {'created':<20} {'expires':<20} revoked")
+            for info in client.list_api_keys(args.tenant):
+                role = catalog_pb2.Role.Name(info.role).removeprefix("ROLE_").lower()
+                print(f"{info.name:<24} {info.key_id:<12} {role:<8} {','.join(info.scopes):<32} {_when(info, 'created_at'):<20} "
+                      f"{_when(info, 'expires_at'):<20} {_when(info, 'revoked_at')}")
+        else:
+            info = client.revoke_api_key(args.tenant, args.name)
+            print(f"revoked key {info.tenant}/{info.name} ({info.key_id}) at {_when(info, 'revoked_at')}")
+    except MintError as err:
+        print(f"mint key {args.key_command}: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _when(message, field: str, never: str = "-") -> str:
+    """A Timestamp field as UTC ISO time, or `never` when unset."""
+    if not message.HasField(field):
+        return never
+    return getattr(message, field).ToDatetime().isoformat(timespec="seconds") + "Z"
 
 
 def _base(args) -> int:

@@ -70,9 +70,32 @@ class CatalogClient:
     def create_tenant(self, name: str) -> pb.Tenant:
         return self._call("CreateTenant", pb.CreateTenantRequest(name=name))
 
-    def create_api_key(self, tenant: str, name: str, role: str = "member") -> str:
+    def create_api_key(
+        self, tenant: str, name: str, role: str = "member", *, scopes: Iterable[str] | None = None, expires_in_s: int | None = None,
+    ) -> str:
+        """A new key (shown only now). `scopes`: some of read, sample, train, publish, admin (default: the
+        role's that this client's key holds); `expires_in_s`: seconds it lives (default: as long as this
+        client's key)."""
+        return self.create_api_key_info(tenant, name, role, scopes=scopes, expires_in_s=expires_in_s).key
+
+    def create_api_key_info(
+        self, tenant: str, name: str, role: str = "member", *, scopes: Iterable[str] | None = None, expires_in_s: int | None = None,
+    ) -> pb.CreateApiKeyResponse:
+        """`create_api_key`, answering the key with its record (`.info`: scopes, expiry)."""
         roles = {"member": pb.ROLE_MEMBER, "service": pb.ROLE_SERVICE, "admin": pb.ROLE_ADMIN}
-        return self._call("CreateApiKey", pb.CreateApiKeyRequest(tenant=tenant, name=name, role=roles[role])).key
+        if role not in roles:
+            raise MintError(Code.INVALID_ARGUMENT, f"unknown role {role!r}; roles are {', '.join(roles)}")
+        request = pb.CreateApiKeyRequest(tenant=tenant, name=name, role=roles[role], scopes=list(scopes or ()), ttl_s=expires_in_s or 0)
+        return self._call("CreateApiKey", request)
+
+    def revoke_api_key(self, tenant: str, name: str) -> pb.ApiKey:
+        """Revoke the key `name` of `tenant` ("" for this client's own): the catalog refuses it at once, other
+        services within their key cache's TTL (MINT_KEY_CACHE_TTL_S)."""
+        return self._call("RevokeApiKey", pb.RevokeApiKeyRequest(tenant=tenant, name=name))
+
+    def list_api_keys(self, tenant: str = "", page_size: int = 0) -> Iterator[pb.ApiKey]:
+        """The tenant's keys by name (revoked and expired ones too), never their secrets."""
+        return self._pages("ListApiKeys", "keys", pb.ListApiKeysRequest(tenant=tenant), page_size)
 
     def register_base_model(
         self, name: str, *, architecture: str, config: dict[str, Any], weights_sha256: str,

@@ -34,7 +34,6 @@ from services.catalog.store.entities import (
 )
 from services.catalog.store.revisions import check_revision_fields
 
-
 MAX_KEY_TTL_S = 100 * 365 * 86400
 
 

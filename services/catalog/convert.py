@@ -18,7 +18,16 @@ from mint.errors import invalid
 from mint.proto import catalog_pb2 as pb
 from mint.scopes import names as scope_names
 from services.catalog.store import ImportRecord
-from services.catalog.store.entities import Alias, AliasMove, ApiKey, AuditEvent, BaseModel, Policy, Revision, Tenant
+from services.catalog.store.entities import (
+    Alias,
+    AliasMove,
+    ApiKey,
+    AuditEvent,
+    BaseModel,
+    Policy,
+    Revision,
+    Tenant,
+)
 
 _MIN_SECONDS = -62_135_596_800  # 0001-01-01T00:00:00Z
 _MAX_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z
