@@ -286,3 +286,15 @@ def test_an_engine_lost_mid_stream_ends_the_stream_with_an_error_event(stack, ac
         assert time.monotonic() < deadline
         time.sleep(0.05)
 
+
+
+def test_a_key_without_the_sample_scope_cannot_sample_over_http(stack):
+    stack, _, _ = stack
+    admin = ServiceClient(stack.address, stack.admin_key)
+    reader = admin.catalog.create_api_key("acme", "reader-only", scopes=["read"])
+    admin.close()
+    with client(stack, reader) as ai:
+        assert "acme/helper" in [m.id for m in ai.models.list().data]
+        with pytest.raises(openai.PermissionDeniedError) as denied:
+            ai.completions.create(model="helper", prompt="x", max_tokens=1)
+    assert "sample" in denied.value.body["message"] and denied.value.body["type"] == "permission_error"

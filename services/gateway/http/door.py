@@ -2,7 +2,7 @@
 
 The servicer's calls block (engine events come from queues, the catalog over gRPC), so they run on a pool
 of worker threads, as the principal the caller's key authenticates to — the same authenticator, headers
-(`Authorization: Bearer`, `x-mint-tenant`) and request limits as the gRPC side. A streamed call hands its
+(`Authorization: Bearer`, `x-mint-tenant`), scopes and request limits as the gRPC side. A streamed call hands its
 items to the event loop as they come; when the client goes away (or the response ends) the call's
 end-of-call callbacks run, which cancel its engine work, as gRPC runs them when a call ends.
 """
@@ -20,7 +20,7 @@ import grpc
 from google.protobuf.message import Message
 from starlette.requests import Request
 
-from mint import auth
+from mint import auth, scopes
 from mint.errors import Code, MintError, invalid
 from mint.limits import RequestLimits, check_request, cut_message
 from mint.runtime import serial_thread
@@ -119,12 +119,15 @@ class Door:
         """The request limits the gRPC side checks on every request message."""
         check_request(message, self.limits)
 
-    async def caller(self, request: Request) -> Caller:
+    async def caller(self, request: Request, method: str) -> Caller:
+        """The request's caller, authenticated, and holding a scope the gRPC `method` (the RPC this route
+        does the work of, e.g. /mint.v1.SamplingService/Sample) accepts (mint.scopes)."""
         metadata = [(k.lower(), v) for k, v in request.headers.items()]
         key = auth.key_from_metadata(metadata)
         if not key:
             raise MintError(Code.UNAUTHENTICATED, "this call needs an API key (Authorization: Bearer mint_...)")
         principal = await self.run(None, principal_from_metadata, self.authenticator, metadata)
+        scopes.check(principal, method)
         return Caller(key, auth.tenant_from_metadata(metadata), principal)
 
     async def run(self, caller: Caller | None, fn: Callable[..., T], *args) -> T:

@@ -37,6 +37,7 @@ MAX_COMPLETION_LOGPROBS = 5  # the legacy completions API's limit on `logprobs`
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions
 DEFAULT_CHAT_TOKENS = 256  # OpenAI's chat default is "up to the context": MinT needs a number before the prompt is tokenized
 MAX_MODELS_PAGE = 200
+SAMPLE = "/mint.v1.SamplingService/Sample"
 
 FINISH = {common_pb2.FINISH_REASON_LENGTH: "length", common_pb2.FINISH_REASON_STOP: "stop"}
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
@@ -75,15 +76,17 @@ class OpenAIApi:
 
     def routes(self) -> list[Route]:
         return [
-            Route("/v1/models", self._guarded(self.list_models), methods=["GET"]),
-            Route("/v1/completions", self._guarded(self.completions), methods=["POST"]),
-            Route("/v1/chat/completions", self._guarded(self.chat_completions), methods=["POST"]),
+            Route("/v1/models", self._guarded(self.list_models, "/mint.v1.CatalogService/ListPolicies"), methods=["GET"]),
+            Route("/v1/completions", self._guarded(self.completions, SAMPLE), methods=["POST"]),
+            Route("/v1/chat/completions", self._guarded(self.chat_completions, SAMPLE), methods=["POST"]),
         ]
 
-    def _guarded(self, handler):
+    def _guarded(self, handler, method: str):
+        """`handler`(request, caller) for callers whose key may call the gRPC `method` it does the work of."""
+
         async def endpoint(request: Request) -> Response:
             try:
-                caller = await self.door.caller(request)
+                caller = await self.door.caller(request, method)
                 return await handler(request, caller)
             except MintError as err:
                 return error_response(err, self.door)
