@@ -13,18 +13,6 @@ from mint.proto import trainer_pb2
 from tests.fuzz.live import METHODS, Case, World, cases
 
 EXAMPLES_PER_METHOD = 50
-# Known failures in files being changed by others. Whether a fuzz run of the method meets one depends on
-# the draws, so its run is a lenient xfail; the reproducer below is the strict one.
-KNOWN = {
-    "CreateSession": "trainer CreateSession creates the policy (ensure_policy) before checking base_model, rank and "
-    "alpha, so a refused CreateSession(policy='new', base_model='wrong') stores a policy and its audit event",
-}
-
-
-def _params():
-    for service, method in METHODS:
-        marks = [pytest.mark.xfail(strict=False, reason=KNOWN[method.name])] if method.name in KNOWN and service.name == "TrainerService" else []
-        yield pytest.param(service, method, id=f"{service.name}.{method.name}", marks=marks)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +22,7 @@ def world(tmp_path_factory):
     world.close()
 
 
-@pytest.mark.parametrize(("service", "method"), list(_params()))
+@pytest.mark.parametrize(("service", "method"), METHODS, ids=[f"{s.name}.{m.name}" for s, m in METHODS])
 def test_rpc_answers_fuzzed_requests_with_client_statuses(world, service, method):
     @settings(max_examples=EXAMPLES_PER_METHOD)
     @given(data=st.data())
@@ -62,8 +50,9 @@ def test_fuzzed_calls_leave_the_world_answering(world):
         assert verdict.status in (grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND), (name, verdict)
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN["CreateSession"])
 def test_a_refused_create_session_stores_no_policy(world):
+    """Found by this fuzzing: the trainer created a new policy (and its audit event) before checking the
+    session's settings, so a CreateSession refused for its base model or rank left the policy behind."""
     service, method = next((s, m) for s, m in METHODS if m.name == "CreateSession")
     for request in (
         trainer_pb2.CreateSessionRequest(policy="fresh-a", base_model="not-this-base", rank=2, train_attn=True),
