@@ -1,8 +1,8 @@
 """README.md's code blocks, run as written, in order, in a fresh directory: the shell blocks' commands for
 real (`mint serve` as a child process), the Python blocks with exec against that server.
 
-Three things differ from a reader's run, all named here: the server listens on a free port instead of
-README_ADDRESS (which the commands' text names), `mint train` runs TRAIN_STEPS steps, and `make demo` runs
+Three things differ from a reader's run, all named here: the server listens on free ports instead of
+README_ADDRESS and README_HTTP_ADDRESS (which the blocks' text names, and which this test replaces), `mint train` runs TRAIN_STEPS steps, and `make demo` runs
 `mint demo` on the tiny random base for TRAIN_STEPS steps (the SmolLM2 tour is the same code, slower).
 The other `make` targets are checked elsewhere (MAKE_CHECKED_ELSEWHERE). A command this test does not know
 fails it, so every block stays checked.
@@ -19,10 +19,12 @@ from pathlib import Path
 
 from mint.procs import ServiceProcess
 from mint.sdk import ServiceClient
+from services.local_fleet import free_port
 from tests.conftest import assert_clean_logs
 
 ROOT = Path(__file__).resolve().parents[1]
 README_ADDRESS = "127.0.0.1:50050"  # `mint serve`'s default address, as the README's commands spell it
+README_HTTP_ADDRESS = "127.0.0.1:8080"  # its default HTTP (OpenAI API) address
 TRAIN_STEPS = "2"
 MAKE_CHECKED_ELSEWHERE = {
     "test": "this run itself",
@@ -46,12 +48,14 @@ def test_readme_blocks_run_as_written(tmp_path, monkeypatch):
         env.pop(name, None)
         monkeypatch.delenv(name, raising=False)
     servers: list[ServiceProcess] = []
+    http_address = f"127.0.0.1:{free_port()}"
     ran: list[str] = []
     try:
         for number, (language, text) in enumerate(readme_blocks(), 1):
             if language == "python":
                 for name, value in _mint_variables(env).items():
                     monkeypatch.setenv(name, value)
+                text = text.replace(README_HTTP_ADDRESS, http_address)
                 exec(compile(text, f"README.md python block {number}", "exec"), {"__name__": "readme"})
                 ran.append("python")
                 continue
@@ -69,7 +73,7 @@ def test_readme_blocks_run_as_written(tmp_path, monkeypatch):
                 elif args[:2] == ["mint", "serve"]:
                     servers.append(
                         ServiceProcess(
-                            ["-m", "mint.cli", *args[1:], "--address", "127.0.0.1:0"],
+                            ["-m", "mint.cli", *args[1:], "--address", "127.0.0.1:0", "--http-address", http_address],
                             env,
                             log_path=str(tmp_path / "serve.log"),
                         )
