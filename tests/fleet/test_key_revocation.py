@@ -1,0 +1,83 @@
+"""A revoked key across processes: the catalog refuses it at once, and every gateway (two here, each with its
+own key cache) stops accepting it within the cache's TTL; a gateway refuses a key without the scope a call
+needs. The gateways answer ListEngines themselves, so the
+call is authenticated by their own cache, not forwarded to the catalog."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from mint.config import FleetConfig
+from mint.errors import Code, MintError
+from mint.procs import ServiceProcess
+from mint.sdk import CatalogClient, ServiceClient
+from mint.server import channel
+from services.local_fleet import TENANT, LocalFleet
+from tests.conftest import assert_clean_logs
+
+# The gateways' key cache TTL: FleetConfig's default (MINT_KEY_CACHE_TTL_S), which the gateway gives its
+# RemoteAuthenticator.
+TTL_S = FleetConfig().key_cache_ttl_s
+SLACK_S = 3.0
+
+
+@pytest.fixture
+def two_gateways(tmp_path, pg_url, fleet_base):
+    fleet = LocalFleet(tmp_path, pg_url, fleet_base, engines=0)
+    second = None
+    try:
+        second = ServiceProcess(
+            ["-m", "services.gateway"],
+            {"MINT_CATALOG_URL": fleet.catalog.address, "MINT_REDIS_URL": fleet.redis.url, "MINT_SERVICE_KEY": fleet.service_key,
+             "MINT_GATEWAY_ADDRESS": "127.0.0.1:0", "MINT_GATEWAY_HTTP_ADDRESS": "off"},
+            log_path=str(tmp_path / "gateway-2.log"),
+        )
+        yield fleet, second
+    finally:
+        if second is not None:
+            second.stop()
+        fleet.stop()
+    assert_clean_logs(fleet.workdir.glob("*.log"))
+
+
+def _refused_within(client: ServiceClient, deadline_s: float) -> float:
+    """Seconds until `client`'s gateway refuses its key; fails past `deadline_s`."""
+    start = time.monotonic()
+    while True:
+        try:
+            client.engines()
+        except MintError as err:
+            assert err.code is Code.UNAUTHENTICATED and "revoked" in err.message, err
+            return time.monotonic() - start
+        elapsed = time.monotonic() - start
+        assert elapsed < deadline_s, f"a gateway still accepts the revoked key {elapsed:.1f} s after revocation (TTL {TTL_S} s)"
+        time.sleep(0.1)
+
+
+def test_a_revoked_key_stops_working_on_every_gateway_within_the_ttl(two_gateways):
+    fleet, second = two_gateways
+    key = fleet.admin.create_api_key(TENANT, "rotating", scopes=["read", "sample"])
+    trainer_only = fleet.admin.create_api_key(TENANT, "trainer-only", scopes=["train"])
+    clients = [ServiceClient(gateway.address, key, timeout_s=30) for gateway in (fleet.gateway, second)]
+    try:
+        narrow = ServiceClient(second.address, trainer_only, timeout_s=30)
+        clients.append(narrow)
+        with pytest.raises(MintError) as err:
+            narrow.engines()
+        assert err.value.code is Code.PERMISSION_DENIED and "'read' or 'sample' scope" in err.value.message, err.value
+        assert "'trainer-only'" in err.value.message
+        for client in clients[:2]:
+            assert client.engines() == []  # each gateway has the key in its cache now
+        fleet.admin.revoke_api_key(TENANT, "rotating")
+        revoked_at = time.monotonic()
+        with pytest.raises(MintError) as err:
+            CatalogClient(channel(fleet.catalog.address), key).whoami()
+        assert err.value.code is Code.UNAUTHENTICATED and "revoked at" in err.value.message
+        for client in clients[:2]:
+            _refused_within(client, TTL_S + SLACK_S - (time.monotonic() - revoked_at))
+    finally:
+        for client in clients:
+            client.close()
+
