@@ -82,14 +82,16 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
 
     def CreateSession(self, request, context):
         tenant, policy = policy_for(request.policy)
-        self.trainer.make_room(tenant)  # a tenant at its cap of sessions gets no new policy either
+        settings = dict(
+            rank=request.rank or 16, alpha=request.alpha, train_attn=request.train_attn, train_mlp=request.train_mlp,
+            use_rslora=request.use_rslora, base_model=request.base_model,
+        )
+        # A refused session creates no policy: its settings are checked, and the tenant's cap, first.
+        self.trainer.session_config(policy=policy, **settings)
+        self.trainer.make_room(tenant)
         if self.ensure_policy is not None:
             self.ensure_policy(tenant, policy, self.trainer.base_model, asking_key())
-        session = self.trainer.create_session(
-            tenant=tenant, policy=policy, rank=request.rank or 16, alpha=request.alpha, train_attn=request.train_attn,
-            train_mlp=request.train_mlp, seed=request.seed, use_rslora=request.use_rslora, base_model=request.base_model,
-            created_by=asking_key(),
-        )
+        session = self.trainer.create_session(tenant=tenant, policy=policy, seed=request.seed, created_by=asking_key(), **settings)
         return session_pb(session)
 
     def GetSession(self, request, context):

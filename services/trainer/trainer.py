@@ -161,19 +161,27 @@ class Trainer:
 
     # --- sessions ------------------------------------------------------------------------------------------
 
-    def create_session(
-        self, *, tenant: str, policy: str, rank: int, alpha: float = 0.0, train_attn: bool = True, train_mlp: bool = True,
-        seed: int = 0, use_rslora: bool = False, base_model: str = "", created_by: str | None = None,
-    ) -> Session:
-        """`created_by`: the id of the key that asked for the session (its publishes are made on its behalf)."""
+    def session_config(
+        self, *, policy: str, rank: int, alpha: float, train_attn: bool, train_mlp: bool, use_rslora: bool, base_model: str
+    ) -> AdapterConfig:
+        """The adapter a session with these settings trains, every setting checked (nothing is created)."""
         check_name("policy", policy)
         if base_model and base_model != self.base_model:
             raise invalid(f"this trainer holds base {self.base_model!r}, not {base_model!r}")
         if not 1 <= rank <= self.config.max_rank:
             raise invalid(f"rank must be in 1..{self.config.max_rank}, got {rank}")
-        config = AdapterConfig(
+        return AdapterConfig(
             r=rank, lora_alpha=alpha or float(rank), target_modules=target_modules(train_attn, train_mlp),
             use_rslora=use_rslora, base_model_name_or_path=self.base_model,
+        )
+
+    def create_session(
+        self, *, tenant: str, policy: str, rank: int, alpha: float = 0.0, train_attn: bool = True, train_mlp: bool = True,
+        seed: int = 0, use_rslora: bool = False, base_model: str = "", created_by: str | None = None,
+    ) -> Session:
+        """`created_by`: the id of the key that asked for the session (its publishes are made on its behalf)."""
+        config = self.session_config(
+            policy=policy, rank=rank, alpha=alpha, train_attn=train_attn, train_mlp=train_mlp, use_rslora=use_rslora, base_model=base_model
         )
         self.make_room(tenant)  # before the parameters are allocated
         session = Session(
