@@ -2,7 +2,7 @@
 
 `build_server` makes a gRPC server with health and reflection, and one interceptor that for every call
 (1) authenticates the API key into a `Principal` for the handler, and (2) turns `MintError` (and errors
-from services called downstream) into the matching gRPC status. Handlers raise; they never call
+raised by the services a handler calls downstream) into the matching gRPC status. Handlers raise; they never call
 `context.abort` themselves. Its port, and the channels `channel` makes, are plaintext or TLS as `mint.tls`
 decides.
 """
