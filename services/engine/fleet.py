@@ -73,7 +73,11 @@ class FleetAgent:
                     registered, reported = True, None
                 if now >= next_beat:
                     engine = self.engine
-                    load = EngineLoad(running=engine.planner.num_running_seqs, waiting=engine.queue_depth, tokens_per_s=engine.tokens_per_s())
+                    held = engine.residency.snapshot()
+                    load = EngineLoad(
+                        running=engine.planner.num_running_seqs, waiting=engine.queue_depth, tokens_per_s=engine.tokens_per_s(),
+                        tier_bytes=(held["device"][1], held["host"][1], held["disk"][1]),
+                    )
                     if not self.scheduler.heartbeat(self.info.engine_id, load):
                         registered = False
                         continue

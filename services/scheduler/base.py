@@ -31,6 +31,7 @@ class EngineLoad:
     running: int = 0
     waiting: int = 0
     tokens_per_s: float = 0.0
+    tier_bytes: tuple[int, int, int] = (0, 0, 0)  # bytes of adapters held in the device, host and disk tiers
 
     @property
     def score(self) -> float:
@@ -114,6 +115,10 @@ class Scheduler(Protocol):
 
     def holders(self, adapter_key: str) -> list[str]: ...
 
+    def resident(self, engine_id: str) -> frozenset[str]:
+        """The adapter keys the engine last reported holding (plus loads acked since); empty when unknown."""
+        ...
+
     def route(self, adapter_key: str, base_model: str, exclude: frozenset[str] = frozenset()) -> Route:
         """The engine a request for `adapter_key` should go to: a live holder (least loaded), else the engine
         it was recently placed on (a burst of first requests is not scattered), else bounded-load
@@ -129,6 +134,11 @@ class Scheduler(Protocol):
     def wave_status(self, wave_id: str, tenant: str | None) -> WaveStatus:
         """The wave's progress. NOT_FOUND, worded as for an unknown id, when it is not `tenant`'s (None: a
         privileged caller, who may read any wave)."""
+        ...
+
+    def open_waves(self, base_model: str) -> list[tuple[str, str]]:
+        """(tenant, wave id) of the base's open waves, for operators' views; an entry may name a wave that
+        has just expired (wave_status then answers NOT_FOUND)."""
         ...
 
     # --- load queues -----------------------------------------------------------------------------------

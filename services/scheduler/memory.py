@@ -138,6 +138,10 @@ class MemoryScheduler:
         with self._lock:
             return sorted(self._holders.get(adapter_key, ()))
 
+    def resident(self, engine_id: str) -> frozenset[str]:
+        with self._lock:
+            return frozenset(self._resident.get(engine_id, ()))
+
     def route(self, adapter_key: str, base_model: str, exclude: frozenset[str] = frozenset()) -> Route:
         with self._lock:
             now = self._clock()
@@ -191,6 +195,14 @@ class MemoryScheduler:
             live = self._live(wave.base_model, self._clock()).keys()
             return summarize(
                 wave_id, wave.name, wave.engine_of, wave.state_of, wave.bytes_by_engine(), wave.reasons, live
+            )
+
+    def open_waves(self, base_model: str) -> list[tuple[str, str]]:
+        with self._lock:
+            now = self._clock()
+            return sorted(
+                (tenant, wave_id) for (base, tenant, _), wave_id in self._open.items()
+                if base == base_model and wave_id in self._waves and self._waves[wave_id].expires > now
             )
 
     # --- load queues -----------------------------------------------------------------------------------

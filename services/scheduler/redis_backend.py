@@ -194,6 +194,10 @@ class RedisScheduler:
         return sorted(e.decode() for e in self.redis.smembers(self._key("holders", adapter_key)))
 
     @_translated
+    def resident(self, engine_id: str) -> frozenset[str]:
+        return frozenset(k.decode() for k in self.redis.smembers(self._key("resident", engine_id)))
+
+    @_translated
     def route(self, adapter_key: str, base_model: str, exclude: frozenset[str] = frozenset()) -> Route:
         now = self._clock()
         window = self.config.hot_window_s
@@ -286,6 +290,11 @@ class RedisScheduler:
             reasons,
             {engine_id.decode() for engine_id in live},
         )
+
+    @_translated
+    def open_waves(self, base_model: str) -> list[tuple[str, str]]:
+        fields = self.redis.hgetall(self._key("waves", base_model))
+        return sorted((field.decode().partition("/")[0], wave_id.decode()) for field, wave_id in fields.items())
 
     # --- load queues -----------------------------------------------------------------------------------
     @_translated
@@ -524,11 +533,14 @@ def _open_field(tenant: str, name: str) -> str:
 
 
 def _encode_load(load: EngineLoad) -> str:
-    return json.dumps([load.running, load.waiting, load.tokens_per_s])
+    return json.dumps([load.running, load.waiting, load.tokens_per_s, list(load.tier_bytes)])
 
 
 def _decode_load(raw: bytes | None) -> EngineLoad:
-    return EngineLoad(*json.loads(raw)) if raw else EngineLoad()
+    if not raw:
+        return EngineLoad()
+    running, waiting, tokens_per_s, *tiers = json.loads(raw)  # an engine of before tier_bytes sends three
+    return EngineLoad(running, waiting, tokens_per_s, tuple(tiers[0]) if tiers else (0, 0, 0))
 
 
 def _encode_item(item: LoadItem) -> dict[str, str | bytes | int]:

@@ -7,10 +7,11 @@ from starlette.applications import Starlette
 from services.gateway.http.door import Door
 from services.gateway.http.openai_api import OpenAIApi
 from services.gateway.http.server import HttpServer
+from services.gateway.http.status import StatusPage
 
 
 def create_app(door: Door) -> Starlette:
-    return Starlette(routes=OpenAIApi(door).routes())
+    return Starlette(routes=[*OpenAIApi(door).routes(), *StatusPage(door).routes()])
 
 
 def http_server(door: Door, address: str) -> HttpServer:
