@@ -49,7 +49,7 @@ def create_server(config: EngineConfig, engine: Engine) -> tuple[grpc.Server, in
     turns NOT_SERVING if the engine stops serving (its step loop ended), for load balancers and probes."""
     authenticator = None
     if config.catalog_address:
-        authenticator = RemoteAuthenticator(channel(config.catalog_address, config.tls), roles=frozenset({Role.SERVICE, Role.ADMIN}))
+        authenticator = RemoteAuthenticator(channel(config.catalog_address, config.tls), roles=frozenset({Role.SERVICE, Role.ADMIN}), ttl_s=config.key_cache_ttl_s)
     service = engine_service(engine)
     checks = health.HealthServicer()
     server, port = build_server([service], address=config.address, authenticator=authenticator, max_workers=config.max_num_seqs + 16,

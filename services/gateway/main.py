@@ -80,7 +80,7 @@ def create_servers(config: GatewayConfig) -> tuple[grpc.Server, int, HttpServer 
     scheduler = open_scheduler(config.redis_url or None, prefix=config.redis_prefix, heartbeat_s=config.heartbeat_s)
     start_reaper(scheduler)
     sampling = SamplingServicer(resolver, scheduler, GrpcEngines(config.service_key, config.tls), retries=config.retries)
-    authenticator = RemoteAuthenticator(catalog)
+    authenticator = RemoteAuthenticator(catalog, ttl_s=config.key_cache_ttl_s)
     services = [
         sampling_service(sampling),
         generic_service(forwarding_handler(catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"], lambda: catalog), catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"]),

@@ -23,7 +23,7 @@ def open_trainer(config: TrainerConfig) -> tuple[Trainer, TrainerServicer]:
 
 
 def create_server(config: TrainerConfig, servicer: TrainerServicer) -> tuple[grpc.Server, int]:
-    authenticator = RemoteAuthenticator(channel(config.catalog_address, config.tls)) if config.catalog_address else None
+    authenticator = RemoteAuthenticator(channel(config.catalog_address, config.tls), ttl_s=config.key_cache_ttl_s) if config.catalog_address else None
     return build_server([trainer_service(servicer)], address=config.address, authenticator=authenticator, max_workers=config.max_workers,
                         limits=config.request_limits, tls=config.tls)
 

@@ -17,14 +17,16 @@ from mint.server import channel
 from services.local_fleet import TENANT, LocalFleet
 from tests.conftest import assert_clean_logs
 
-# The gateways' key cache TTL: FleetConfig's default (MINT_KEY_CACHE_TTL_S), which the gateway gives its
-# RemoteAuthenticator.
-TTL_S = FleetConfig().key_cache_ttl_s
+# The services' key cache TTL (MINT_KEY_CACHE_TTL_S, which every service gives its RemoteAuthenticator): shorter
+# than the default, so a service that ignored the setting would fail this test.
+TTL_S = 2.0
+assert FleetConfig().key_cache_ttl_s > TTL_S
 SLACK_S = 3.0
 
 
 @pytest.fixture
-def two_gateways(tmp_path, pg_url, fleet_base):
+def two_gateways(tmp_path, pg_url, fleet_base, monkeypatch):
+    monkeypatch.setenv("MINT_KEY_CACHE_TTL_S", str(TTL_S))  # the service processes inherit it
     fleet = LocalFleet(tmp_path, pg_url, fleet_base, engines=0)
     second = None
     try:
