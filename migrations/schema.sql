@@ -115,6 +115,29 @@ column revisions.created_at timestamp with time zone NOT NULL
 column revisions.retracted_at timestamp with time zone
 column revisions.retracted_reason text
 column revisions.idempotency_key character varying(128)
+column tenant_limits.tenant_id bigint NOT NULL
+column tenant_limits.max_stored_bytes bigint
+column tenant_limits.max_revisions bigint
+column tenant_limits.max_policies bigint
+column tenant_limits.requests_per_second double precision
+column tenant_limits.burst integer
+column tenant_limits.max_concurrent_sequences integer
+column tenant_limits.max_concurrent_sessions integer
+column tenant_limits.updated_at timestamp with time zone NOT NULL
+column tenant_limits.updated_by character varying(64) NOT NULL
+column tenant_quotas.tenant character varying(64)
+column tenant_quotas.max_stored_bytes bigint
+column tenant_quotas.stored_bytes numeric
+column tenant_quotas.max_revisions bigint
+column tenant_quotas.revisions bigint
+column tenant_quotas.max_policies bigint
+column tenant_quotas.policies bigint
+column tenant_quotas.requests_per_second double precision
+column tenant_quotas.burst integer
+column tenant_quotas.max_concurrent_sequences integer
+column tenant_quotas.max_concurrent_sessions integer
+column tenant_quotas.updated_at timestamp with time zone
+column tenant_quotas.updated_by character varying(64)
 column tenants.id bigint NOT NULL DEFAULT nextval('tenants_id_seq'::regclass)
 column tenants.name character varying(64) NOT NULL
 column tenants.created_at timestamp with time zone NOT NULL
@@ -142,6 +165,9 @@ constraint revisions ck_revisions_number CHECK ((number >= 1))
 constraint revisions ck_revisions_status CHECK (((status)::text = ANY ((ARRAY['active'::character varying, 'retracted'::character varying])::text[])))
 constraint revisions revisions_pkey PRIMARY KEY (id)
 constraint revisions uq_revisions_policy_number UNIQUE (policy_id, number)
+constraint tenant_limits ck_tenant_limits_ranges CHECK (((max_stored_bytes >= 0) AND (max_revisions >= 0) AND (max_policies >= 0) AND (requests_per_second > (0)::double precision) AND (burst >= 1) AND (max_concurrent_sequences >= 0) AND (max_concurrent_sessions >= 0)))
+constraint tenant_limits tenant_limits_pkey PRIMARY KEY (tenant_id)
+constraint tenant_limits tenant_limits_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES tenants(id)
 constraint tenants tenants_name_key UNIQUE (name)
 constraint tenants tenants_pkey PRIMARY KEY (id)
 index CREATE UNIQUE INDEX alias_moves_pkey ON public.alias_moves USING btree (id)
@@ -160,6 +186,7 @@ index CREATE UNIQUE INDEX ix_revisions_idempotency ON public.revisions USING btr
 index CREATE INDEX ix_revisions_tenant_id ON public.revisions USING btree (tenant_id, id)
 index CREATE UNIQUE INDEX policies_pkey ON public.policies USING btree (id)
 index CREATE UNIQUE INDEX revisions_pkey ON public.revisions USING btree (id)
+index CREATE UNIQUE INDEX tenant_limits_pkey ON public.tenant_limits USING btree (tenant_id)
 index CREATE UNIQUE INDEX tenants_name_key ON public.tenants USING btree (name)
 index CREATE UNIQUE INDEX tenants_pkey ON public.tenants USING btree (id)
 index CREATE UNIQUE INDEX uq_api_keys_tenant_name ON public.api_keys USING btree (tenant_id, name)
@@ -169,6 +196,7 @@ view alias_history AS  SELECT m.id, m.policy_id, t.name AS tenant, (t.name::text
 view audit_log AS  SELECT e.id, e.at, t.name AS tenant, e.actor, k.name AS key_name, e.action, (pt.name::text || '/'::text) || p.name::text AS policy, e.revision_number, e.details FROM audit_events e LEFT JOIN tenants t ON t.id = e.tenant_id LEFT JOIN policies p ON p.id = e.policy_id LEFT JOIN tenants pt ON pt.id = p.tenant_id LEFT JOIN api_keys k ON e.actor::text = ('key:'::text || k.key_id::text);
 view policy_heads AS  SELECT p.id AS policy_id, t.name AS tenant, (t.name::text || '/'::text) || p.name::text AS policy, b.name AS base_model, p.head_number, l.revision_number AS latest_number, r.sha256 AS latest_sha256, r.created_at AS latest_created_at, p.created_at FROM policies p JOIN tenants t ON t.id = p.tenant_id JOIN base_models b ON b.id = p.base_model_id LEFT JOIN aliases l ON l.policy_id = p.id AND l.name::text = 'latest'::text LEFT JOIN revisions r ON r.policy_id = p.id AND r.number = l.revision_number;
 view revision_lineage AS  SELECT r.policy_id, t.name AS tenant, (t.name::text || '/'::text) || p.name::text AS policy, r.number, r.parent_number, r.sha256, r.status, r.source, r.created_by, r.created_at FROM revisions r JOIN policies p ON p.id = r.policy_id JOIN tenants t ON t.id = p.tenant_id;
+view tenant_quotas AS  SELECT t.name AS tenant, l.max_stored_bytes, ( SELECT COALESCE(sum(r.size_bytes), 0::numeric) AS "coalesce" FROM revisions r WHERE r.tenant_id = t.id) AS stored_bytes, l.max_revisions, ( SELECT count(*) AS count FROM revisions r WHERE r.tenant_id = t.id) AS revisions, l.max_policies, ( SELECT count(*) AS count FROM policies p WHERE p.tenant_id = t.id) AS policies, l.requests_per_second, l.burst, l.max_concurrent_sequences, l.max_concurrent_sessions, l.updated_at, l.updated_by FROM tenants t LEFT JOIN tenant_limits l ON l.tenant_id = t.id;
 trigger CREATE TRIGGER alias_moves_append_only BEFORE DELETE OR UPDATE ON public.alias_moves FOR EACH ROW EXECUTE FUNCTION mint_append_only()
 trigger CREATE TRIGGER alias_moves_no_truncate BEFORE TRUNCATE ON public.alias_moves FOR EACH STATEMENT EXECUTE FUNCTION mint_append_only()
 trigger CREATE TRIGGER audit_events_append_only BEFORE DELETE OR UPDATE ON public.audit_events FOR EACH ROW EXECUTE FUNCTION mint_append_only()

@@ -8,6 +8,7 @@
     mint base register DIR                      make a base known to a catalog
     mint train sft|grpo ...                     recipes against a server (--address) or an embedded one
     mint key create|list|revoke                 API keys with scopes and expiry (a key with the admin scope)
+    mint limits set|show TENANT                 a tenant's quotas (set: a global admin key)
 """
 
 from __future__ import annotations
@@ -68,6 +69,17 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--address", help="the catalog or gateway (default: $MINT_ADDRESS)")
         command.add_argument("--api-key", help="a key with the admin scope (default: $MINT_API_KEY)")
 
+    limits = commands.add_parser("limits", help="a tenant's quotas: set (global admin key), show")
+    limit_commands = limits.add_subparsers(dest="limits_command", required=True)
+    limits_set = limit_commands.add_parser("set", help="set some limits, keep the rest ('none' removes one)")
+    limits_show = limit_commands.add_parser("show", help="the limits and what the tenant stores now")
+    for flag, kind in LIMIT_FLAGS.items():
+        limits_set.add_argument(f"--{flag}", type=_limit_value(kind), metavar="N|none")
+    for command in (limits_set, limits_show):
+        command.add_argument("tenant")
+        command.add_argument("--address", help="catalog or gateway (default: $MINT_ADDRESS or 127.0.0.1:50050)")
+        command.add_argument("--api-key", help="default: $MINT_API_KEY")
+
     train = commands.add_parser("train", help="run a training recipe")
     recipes = train.add_subparsers(dest="recipe", required=True)
     for name in ("sft", "grpo"):
@@ -111,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         return _base(args)
     if args.command == "key":
         return _key(args)
+    if args.command == "limits":
+        return _limits(args)
     from mint.train_cli import run_train
 
     return run_train(args)
@@ -182,6 +196,56 @@ def _key(args) -> int:
     except MintError as err:
         print(f"mint key {args.key_command}: {err}", file=sys.stderr)
         return 1
+    return 0
+
+
+LIMIT_FLAGS = {
+    "max-stored-bytes": int, "max-revisions": int, "max-policies": int, "requests-per-second": float, "burst": int,
+    "max-concurrent-sequences": int, "max-concurrent-sessions": int,
+}
+_NONE = object()
+
+
+def _limit_value(kind: type):
+    def parse(text: str):
+        if text == "none":
+            return _NONE
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'} or 'none', got {text!r}") from None
+
+    return parse
+
+
+def _limits(args) -> int:
+    import os
+
+    from mint.errors import MintError
+    from mint.sdk import CatalogClient
+    from mint.server import channel
+
+    address = args.address or os.environ.get("MINT_ADDRESS", "127.0.0.1:50050")
+    client = CatalogClient(channel(address), args.api_key or os.environ.get("MINT_API_KEY", ""))
+    try:
+        if args.limits_command == "set":
+            given = {flag.replace("-", "_"): getattr(args, flag.replace("-", "_")) for flag in LIMIT_FLAGS}
+            given = {name: value for name, value in given.items() if value is not None}
+            limits = client.set_tenant_limits(
+                args.tenant, clear=[n for n, v in given.items() if v is _NONE], **{n: v for n, v in given.items() if v is not _NONE}
+            )
+        else:
+            limits = client.get_tenant_limits(args.tenant, with_usage=True)
+    except MintError as err:
+        print(f"mint limits {args.limits_command}: {err}", file=sys.stderr)
+        return 1
+    used = {"max_stored_bytes": "stored_bytes", "max_revisions": "revisions", "max_policies": "policies"}
+    print(f"tenant {limits.tenant} (limits set {_when(limits, 'updated_at', never='never')} by {limits.updated_by or '-'})")
+    for flag in LIMIT_FLAGS:
+        name = flag.replace("-", "_")
+        value = f"{getattr(limits, name):{'g' if LIMIT_FLAGS[flag] is float else 'd'}}" if limits.HasField(name) else "none"
+        now = f"  (now {getattr(limits.usage, used[name])})" if name in used and limits.HasField("usage") else ""
+        print(f"  {name:<26} {value}{now}")
     return 0
 
 

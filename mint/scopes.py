@@ -49,6 +49,8 @@ REQUIRED: dict[str, frozenset[Scope]] = {
         "RevokeApiKey": _ADMIN,
         "ListApiKeys": _ADMIN,
         "RegisterBaseModel": _ADMIN,
+        "SetTenantLimits": _ADMIN,
+        "GetTenantLimits": _READ | _ADMIN,
         "GetBaseModel": _READ,
         "ListBaseModels": _READ,
         "CreatePolicy": _PUBLISH | _TRAIN,  # a training session creates its policy too

@@ -1626,3 +1626,172 @@ class ImportRevisionsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ImportRevisionsResponse: _TypeAlias = ImportRevisionsResponse  # noqa: Y015
+
+@_typing.final
+class TenantLimits(_message.Message):
+    """Each limit unset is no limit. Stored bytes, revisions and policies are enforced by the catalog when it
+    stores (retracted revisions still count: their bytes stay stored); requests_per_second (a token bucket of
+    `burst` requests, default one second's worth) by the gateway for every call; concurrent sampling
+    sequences by the gateway, concurrent training sessions by the trainers, shared across a fleet.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    MAX_STORED_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_REVISIONS_FIELD_NUMBER: _builtins.int
+    MAX_POLICIES_FIELD_NUMBER: _builtins.int
+    REQUESTS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    BURST_FIELD_NUMBER: _builtins.int
+    MAX_CONCURRENT_SEQUENCES_FIELD_NUMBER: _builtins.int
+    MAX_CONCURRENT_SESSIONS_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_BY_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    max_stored_bytes: _builtins.int
+    max_revisions: _builtins.int
+    max_policies: _builtins.int
+    requests_per_second: _builtins.float
+    burst: _builtins.int
+    max_concurrent_sequences: _builtins.int
+    max_concurrent_sessions: _builtins.int
+    updated_by: _builtins.str
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """unset: never set"""
+
+    @_builtins.property
+    def usage(self) -> Global___TenantUsage:
+        """only when asked for (GetTenantLimitsRequest.with_usage)"""
+
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        max_stored_bytes: _builtins.int | None = ...,
+        max_revisions: _builtins.int | None = ...,
+        max_policies: _builtins.int | None = ...,
+        requests_per_second: _builtins.float | None = ...,
+        burst: _builtins.int | None = ...,
+        max_concurrent_sequences: _builtins.int | None = ...,
+        max_concurrent_sessions: _builtins.int | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+        updated_by: _builtins.str = ...,
+        usage: Global___TenantUsage | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_burst", b"_burst", "_max_concurrent_sequences", b"_max_concurrent_sequences", "_max_concurrent_sessions", b"_max_concurrent_sessions", "_max_policies", b"_max_policies", "_max_revisions", b"_max_revisions", "_max_stored_bytes", b"_max_stored_bytes", "_requests_per_second", b"_requests_per_second", "burst", b"burst", "max_concurrent_sequences", b"max_concurrent_sequences", "max_concurrent_sessions", b"max_concurrent_sessions", "max_policies", b"max_policies", "max_revisions", b"max_revisions", "max_stored_bytes", b"max_stored_bytes", "requests_per_second", b"requests_per_second", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_burst", b"_burst", "_max_concurrent_sequences", b"_max_concurrent_sequences", "_max_concurrent_sessions", b"_max_concurrent_sessions", "_max_policies", b"_max_policies", "_max_revisions", b"_max_revisions", "_max_stored_bytes", b"_max_stored_bytes", "_requests_per_second", b"_requests_per_second", "burst", b"burst", "max_concurrent_sequences", b"max_concurrent_sequences", "max_concurrent_sessions", b"max_concurrent_sessions", "max_policies", b"max_policies", "max_revisions", b"max_revisions", "max_stored_bytes", b"max_stored_bytes", "requests_per_second", b"requests_per_second", "tenant", b"tenant", "updated_at", b"updated_at", "updated_by", b"updated_by", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__burst: _TypeAlias = _typing.Literal["burst"]  # noqa: Y015
+    _WhichOneofArgType__burst: _TypeAlias = _typing.Literal["_burst", b"_burst"]  # noqa: Y015
+    _WhichOneofReturnType__max_concurrent_sequences: _TypeAlias = _typing.Literal["max_concurrent_sequences"]  # noqa: Y015
+    _WhichOneofArgType__max_concurrent_sequences: _TypeAlias = _typing.Literal["_max_concurrent_sequences", b"_max_concurrent_sequences"]  # noqa: Y015
+    _WhichOneofReturnType__max_concurrent_sessions: _TypeAlias = _typing.Literal["max_concurrent_sessions"]  # noqa: Y015
+    _WhichOneofArgType__max_concurrent_sessions: _TypeAlias = _typing.Literal["_max_concurrent_sessions", b"_max_concurrent_sessions"]  # noqa: Y015
+    _WhichOneofReturnType__max_policies: _TypeAlias = _typing.Literal["max_policies"]  # noqa: Y015
+    _WhichOneofArgType__max_policies: _TypeAlias = _typing.Literal["_max_policies", b"_max_policies"]  # noqa: Y015
+    _WhichOneofReturnType__max_revisions: _TypeAlias = _typing.Literal["max_revisions"]  # noqa: Y015
+    _WhichOneofArgType__max_revisions: _TypeAlias = _typing.Literal["_max_revisions", b"_max_revisions"]  # noqa: Y015
+    _WhichOneofReturnType__max_stored_bytes: _TypeAlias = _typing.Literal["max_stored_bytes"]  # noqa: Y015
+    _WhichOneofArgType__max_stored_bytes: _TypeAlias = _typing.Literal["_max_stored_bytes", b"_max_stored_bytes"]  # noqa: Y015
+    _WhichOneofReturnType__requests_per_second: _TypeAlias = _typing.Literal["requests_per_second"]  # noqa: Y015
+    _WhichOneofArgType__requests_per_second: _TypeAlias = _typing.Literal["_requests_per_second", b"_requests_per_second"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__burst) -> _WhichOneofReturnType__burst | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_concurrent_sequences) -> _WhichOneofReturnType__max_concurrent_sequences | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_concurrent_sessions) -> _WhichOneofReturnType__max_concurrent_sessions | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_policies) -> _WhichOneofReturnType__max_policies | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_revisions) -> _WhichOneofReturnType__max_revisions | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_stored_bytes) -> _WhichOneofReturnType__max_stored_bytes | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__requests_per_second) -> _WhichOneofReturnType__requests_per_second | None: ...
+
+Global___TenantLimits: _TypeAlias = TenantLimits  # noqa: Y015
+
+@_typing.final
+class TenantUsage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORED_BYTES_FIELD_NUMBER: _builtins.int
+    REVISIONS_FIELD_NUMBER: _builtins.int
+    POLICIES_FIELD_NUMBER: _builtins.int
+    stored_bytes: _builtins.int
+    revisions: _builtins.int
+    policies: _builtins.int
+    def __init__(
+        self,
+        *,
+        stored_bytes: _builtins.int = ...,
+        revisions: _builtins.int = ...,
+        policies: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policies", b"policies", "revisions", b"revisions", "stored_bytes", b"stored_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TenantUsage: _TypeAlias = TenantUsage  # noqa: Y015
+
+@_typing.final
+class SetTenantLimitsRequest(_message.Message):
+    """The limits present in `limits` are set, those named in `clear` removed (no limit), the rest kept."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    CLEAR_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    @_builtins.property
+    def limits(self) -> Global___TenantLimits:
+        """its tenant field is ignored"""
+
+    @_builtins.property
+    def clear(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """limit names, e.g. "max_stored_bytes" """
+
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        limits: Global___TenantLimits | None = ...,
+        clear: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clear", b"clear", "limits", b"limits", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetTenantLimitsRequest: _TypeAlias = SetTenantLimitsRequest  # noqa: Y015
+
+@_typing.final
+class GetTenantLimitsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    WITH_USAGE_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    """default: the caller's"""
+    with_usage: _builtins.bool
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        with_usage: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tenant", b"tenant", "with_usage", b"with_usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTenantLimitsRequest: _TypeAlias = GetTenantLimitsRequest  # noqa: Y015

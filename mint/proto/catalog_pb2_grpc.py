@@ -65,6 +65,16 @@ class CatalogServiceStub:
                 request_serializer=mint_dot_v1_dot_catalog__pb2.RegisterBaseModelRequest.SerializeToString,
                 response_deserializer=mint_dot_v1_dot_catalog__pb2.BaseModel.FromString,
                 _registered_method=True)
+        self.SetTenantLimits = channel.unary_unary(
+                '/mint.v1.CatalogService/SetTenantLimits',
+                request_serializer=mint_dot_v1_dot_catalog__pb2.SetTenantLimitsRequest.SerializeToString,
+                response_deserializer=mint_dot_v1_dot_catalog__pb2.TenantLimits.FromString,
+                _registered_method=True)
+        self.GetTenantLimits = channel.unary_unary(
+                '/mint.v1.CatalogService/GetTenantLimits',
+                request_serializer=mint_dot_v1_dot_catalog__pb2.GetTenantLimitsRequest.SerializeToString,
+                response_deserializer=mint_dot_v1_dot_catalog__pb2.TenantLimits.FromString,
+                _registered_method=True)
         self.GetBaseModel = channel.unary_unary(
                 '/mint.v1.CatalogService/GetBaseModel',
                 request_serializer=mint_dot_v1_dot_catalog__pb2.GetBaseModelRequest.SerializeToString,
@@ -204,6 +214,20 @@ class CatalogServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RegisterBaseModel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetTenantLimits(self, request, context):
+        """A tenant's quotas (global admin keys set them; any key reads its own tenant's, service keys any).
+        Exceeding one answers RESOURCE_EXHAUSTED naming the limit and when to retry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTenantLimits(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -364,6 +388,16 @@ def add_CatalogServiceServicer_to_server(servicer, server):
                     servicer.RegisterBaseModel,
                     request_deserializer=mint_dot_v1_dot_catalog__pb2.RegisterBaseModelRequest.FromString,
                     response_serializer=mint_dot_v1_dot_catalog__pb2.BaseModel.SerializeToString,
+            ),
+            'SetTenantLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTenantLimits,
+                    request_deserializer=mint_dot_v1_dot_catalog__pb2.SetTenantLimitsRequest.FromString,
+                    response_serializer=mint_dot_v1_dot_catalog__pb2.TenantLimits.SerializeToString,
+            ),
+            'GetTenantLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTenantLimits,
+                    request_deserializer=mint_dot_v1_dot_catalog__pb2.GetTenantLimitsRequest.FromString,
+                    response_serializer=mint_dot_v1_dot_catalog__pb2.TenantLimits.SerializeToString,
             ),
             'GetBaseModel': grpc.unary_unary_rpc_method_handler(
                     servicer.GetBaseModel,
@@ -628,6 +662,60 @@ class CatalogService:
             '/mint.v1.CatalogService/RegisterBaseModel',
             mint_dot_v1_dot_catalog__pb2.RegisterBaseModelRequest.SerializeToString,
             mint_dot_v1_dot_catalog__pb2.BaseModel.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTenantLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mint.v1.CatalogService/SetTenantLimits',
+            mint_dot_v1_dot_catalog__pb2.SetTenantLimitsRequest.SerializeToString,
+            mint_dot_v1_dot_catalog__pb2.TenantLimits.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTenantLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mint.v1.CatalogService/GetTenantLimits',
+            mint_dot_v1_dot_catalog__pb2.GetTenantLimitsRequest.SerializeToString,
+            mint_dot_v1_dot_catalog__pb2.TenantLimits.FromString,
             options,
             channel_credentials,
             insecure,

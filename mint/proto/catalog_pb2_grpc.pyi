@@ -45,6 +45,11 @@ class CatalogServiceStub:
     """A revoked key is refused by the catalog at once, by other services within their key cache's TTL."""
     ListApiKeys: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.ListApiKeysRequest, _catalog_pb2.ListApiKeysResponse]
     RegisterBaseModel: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.RegisterBaseModelRequest, _catalog_pb2.BaseModel]
+    SetTenantLimits: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.SetTenantLimitsRequest, _catalog_pb2.TenantLimits]
+    """A tenant's quotas (global admin keys set them; any key reads its own tenant's, service keys any).
+    Exceeding one answers RESOURCE_EXHAUSTED naming the limit and when to retry.
+    """
+    GetTenantLimits: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.GetTenantLimitsRequest, _catalog_pb2.TenantLimits]
     GetBaseModel: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.GetBaseModelRequest, _catalog_pb2.BaseModel]
     ListBaseModels: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.ListBaseModelsRequest, _catalog_pb2.ListBaseModelsResponse]
     CreatePolicy: _grpc.UnaryUnaryMultiCallable[_catalog_pb2.CreatePolicyRequest, _catalog_pb2.Policy]
@@ -82,6 +87,11 @@ class CatalogServiceAsyncStub(CatalogServiceStub):
     """A revoked key is refused by the catalog at once, by other services within their key cache's TTL."""
     ListApiKeys: _aio.UnaryUnaryMultiCallable[_catalog_pb2.ListApiKeysRequest, _catalog_pb2.ListApiKeysResponse]  # type: ignore[assignment]
     RegisterBaseModel: _aio.UnaryUnaryMultiCallable[_catalog_pb2.RegisterBaseModelRequest, _catalog_pb2.BaseModel]  # type: ignore[assignment]
+    SetTenantLimits: _aio.UnaryUnaryMultiCallable[_catalog_pb2.SetTenantLimitsRequest, _catalog_pb2.TenantLimits]  # type: ignore[assignment]
+    """A tenant's quotas (global admin keys set them; any key reads its own tenant's, service keys any).
+    Exceeding one answers RESOURCE_EXHAUSTED naming the limit and when to retry.
+    """
+    GetTenantLimits: _aio.UnaryUnaryMultiCallable[_catalog_pb2.GetTenantLimitsRequest, _catalog_pb2.TenantLimits]  # type: ignore[assignment]
     GetBaseModel: _aio.UnaryUnaryMultiCallable[_catalog_pb2.GetBaseModelRequest, _catalog_pb2.BaseModel]  # type: ignore[assignment]
     ListBaseModels: _aio.UnaryUnaryMultiCallable[_catalog_pb2.ListBaseModelsRequest, _catalog_pb2.ListBaseModelsResponse]  # type: ignore[assignment]
     CreatePolicy: _aio.UnaryUnaryMultiCallable[_catalog_pb2.CreatePolicyRequest, _catalog_pb2.Policy]  # type: ignore[assignment]
@@ -152,6 +162,23 @@ class CatalogServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _catalog_pb2.RegisterBaseModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_catalog_pb2.BaseModel, _abc.Awaitable[_catalog_pb2.BaseModel]]: ...
+
+    @_abc_1.abstractmethod
+    def SetTenantLimits(
+        self,
+        request: _catalog_pb2.SetTenantLimitsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_catalog_pb2.TenantLimits, _abc.Awaitable[_catalog_pb2.TenantLimits]]:
+        """A tenant's quotas (global admin keys set them; any key reads its own tenant's, service keys any).
+        Exceeding one answers RESOURCE_EXHAUSTED naming the limit and when to retry.
+        """
+
+    @_abc_1.abstractmethod
+    def GetTenantLimits(
+        self,
+        request: _catalog_pb2.GetTenantLimitsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_catalog_pb2.TenantLimits, _abc.Awaitable[_catalog_pb2.TenantLimits]]: ...
 
     @_abc_1.abstractmethod
     def GetBaseModel(

@@ -97,6 +97,20 @@ class CatalogClient:
         """The tenant's keys by name (revoked and expired ones too), never their secrets."""
         return self._pages("ListApiKeys", "keys", pb.ListApiKeysRequest(tenant=tenant), page_size)
 
+    def set_tenant_limits(self, tenant: str, *, clear: Iterable[str] = (), **limits: int | float) -> pb.TenantLimits:
+        """Set some of `tenant`'s limits (max_stored_bytes, max_revisions, max_policies, requests_per_second,
+        burst, max_concurrent_sequences, max_concurrent_sessions) and remove those named in `clear`, keeping the
+        rest (a global admin key)."""
+        try:
+            message = pb.TenantLimits(**limits)
+        except (ValueError, TypeError) as err:
+            raise MintError(Code.INVALID_ARGUMENT, f"bad limit: {err}") from None
+        return self._call("SetTenantLimits", pb.SetTenantLimitsRequest(tenant=tenant, limits=message, clear=list(clear)))
+
+    def get_tenant_limits(self, tenant: str = "", *, with_usage: bool = False) -> pb.TenantLimits:
+        """`tenant`'s limits (an unset field is no limit); `with_usage`: with what it stores now (`.usage`)."""
+        return self._call("GetTenantLimits", pb.GetTenantLimitsRequest(tenant=tenant, with_usage=with_usage))
+
     def register_base_model(
         self, name: str, *, architecture: str, config: dict[str, Any], weights_sha256: str,
         module_shapes: dict[str, tuple[int, int]], num_layers: int,

@@ -31,6 +31,7 @@ from services.catalog.store.entities import (
     Policy,
     Revision,
     Tenant,
+    TenantLimits,
 )
 from services.catalog.store.revisions import check_revision_fields
 
@@ -70,6 +71,8 @@ class Catalog:
         # Called with a policy's full name after anything that can change what its refs resolve to
         # (publish moves latest; alias moves; retraction): resolve caches listen here.
         self.policy_listeners: list[Callable[[str], None]] = []
+        # Called with a tenant's name after its limits change: quota caches in the same process listen here.
+        self.limit_listeners: list[Callable[[str], None]] = []
 
     def _changed(self, policy: str) -> None:
         for listener in self.policy_listeners:
@@ -132,6 +135,22 @@ class Catalog:
         if tenant and tenant != principal.tenant and principal.role is not auth.Role.ADMIN:
             raise MintError(Code.PERMISSION_DENIED, f"key {principal.key_label} of tenant {principal.tenant} manages only that tenant's keys, not {tenant}'s")
         return principal
+
+    def set_tenant_limits(self, tenant: str, values: dict[str, int | float], clear: Iterable[str] = ()) -> TenantLimits:
+        """Set some of `tenant`'s limits and clear others (global admin keys: a tenant does not raise its own)."""
+        principal = auth.require_admin()
+        limits = self.store.limits.set(tenant, dict(values), set(clear), actor=principal.actor)
+        for listener in self.limit_listeners:
+            listener(limits.tenant)
+        return limits
+
+    def get_tenant_limits(self, tenant: str = "", *, with_usage: bool = False) -> TenantLimits:
+        """A tenant's limits: any key its own tenant's, service and admin keys any tenant's."""
+        principal = auth.current_principal()
+        tenant = tenant or principal.tenant
+        if tenant != principal.tenant and not principal.privileged:
+            raise MintError(Code.PERMISSION_DENIED, f"key {principal.key_label} of tenant {principal.tenant} reads only that tenant's limits, not {tenant}'s")
+        return self.store.limits.get(tenant, with_usage=with_usage)
 
     def register_base_model(self, **fields: Any) -> BaseModel:
         principal = auth.require_admin()

@@ -19,6 +19,7 @@ from mint.proto import catalog_pb2 as pb
 from mint.scopes import names as scope_names
 from services.catalog.store import ImportRecord
 from services.catalog.store.entities import (
+    LIMIT_FIELDS,
     Alias,
     AliasMove,
     ApiKey,
@@ -27,6 +28,7 @@ from services.catalog.store.entities import (
     Policy,
     Revision,
     Tenant,
+    TenantLimits,
 )
 
 _MIN_SECONDS = -62_135_596_800  # 0001-01-01T00:00:00Z
@@ -164,3 +166,21 @@ def audit_event_pb(e: AuditEvent) -> pb.AuditEvent:
         details_json=json.dumps(e.details, sort_keys=True, default=str),
         key_name=e.key_name or "",
     )
+
+
+def tenant_limits_pb(limits: TenantLimits) -> pb.TenantLimits:
+    message = pb.TenantLimits(tenant=limits.tenant, updated_by=limits.updated_by, updated_at=timestamp(limits.updated_at))
+    for name in LIMIT_FIELDS:
+        value = getattr(limits, name)
+        if value is not None:
+            setattr(message, name, value)
+    if limits.usage is not None:
+        message.usage.CopyFrom(
+            pb.TenantUsage(stored_bytes=limits.usage.stored_bytes, revisions=limits.usage.revisions, policies=limits.usage.policies)
+        )
+    return message
+
+
+def limit_values(message: pb.TenantLimits) -> dict[str, int | float]:
+    """The limits present in a TenantLimits message, by name."""
+    return {name: getattr(message, name) for name in LIMIT_FIELDS if message.HasField(name)}

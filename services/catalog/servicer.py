@@ -60,6 +60,13 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         page = self.catalog.list_api_keys(request.tenant, *_page(request))
         return pb.ListApiKeysResponse(keys=[convert.api_key_pb(k) for k in page.items], next_page_token=page.next_token)
 
+    def SetTenantLimits(self, request, context):
+        limits = self.catalog.set_tenant_limits(request.tenant, convert.limit_values(request.limits), request.clear)
+        return convert.tenant_limits_pb(limits)
+
+    def GetTenantLimits(self, request, context):
+        return convert.tenant_limits_pb(self.catalog.get_tenant_limits(request.tenant, with_usage=request.with_usage))
+
     def RegisterBaseModel(self, request, context):
         try:
             config = json.loads(request.config_json or "{}")

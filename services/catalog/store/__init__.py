@@ -8,6 +8,7 @@ from services.catalog.store.base_models import BaseModelStore
 from services.catalog.store.blob_index import BlobIndex
 from services.catalog.store.bulk import BulkImporter, ImportRecord, ImportResult
 from services.catalog.store.db import Database
+from services.catalog.store.limits import LimitStore
 from services.catalog.store.pages import PageTokens
 from services.catalog.store.policies import PolicyStore
 from services.catalog.store.revisions import NewRevision, RevisionStore
@@ -26,6 +27,7 @@ class CatalogStore:
         self.aliases = AliasStore(db, tokens)
         self.audit = AuditStore(db, tokens)
         self.bulk = BulkImporter(db)
+        self.limits = LimitStore(db)
 
     @classmethod
     def open(cls, url: str, *, migrate: bool = True) -> CatalogStore:

@@ -146,6 +146,36 @@ class AuditEvent:
     key_name: str | None = None  # the name of the key `actor` names, when it names one
 
 
+LIMIT_FIELDS = (
+    "max_stored_bytes", "max_revisions", "max_policies", "requests_per_second", "burst", "max_concurrent_sequences",
+    "max_concurrent_sessions",
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TenantLimits:
+    """A tenant's quotas (None: no limit) and, when asked for, what it uses of the ones the catalog counts."""
+
+    tenant: str
+    max_stored_bytes: int | None = None
+    max_revisions: int | None = None
+    max_policies: int | None = None
+    requests_per_second: float | None = None
+    burst: int | None = None
+    max_concurrent_sequences: int | None = None
+    max_concurrent_sessions: int | None = None
+    updated_at: dt.datetime | None = None
+    updated_by: str = ""
+    usage: Usage | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Usage:
+    stored_bytes: int = 0
+    revisions: int = 0
+    policies: int = 0
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Page(Generic[T]):
     items: list[T]

@@ -8,7 +8,8 @@ from mint.errors import Code, MintError, invalid, not_found
 from mint.names import check_name
 from services.catalog.store.audit import record_event
 from services.catalog.store.db import Database
-from services.catalog.store.entities import Page, Policy, utcnow
+from services.catalog.store.entities import Page, Policy, Usage, utcnow
+from services.catalog.store.limits import enforce
 from services.catalog.store.pages import POLICIES, PageTokens, page_size
 from services.catalog.store.tables import base_models, policies, tenants
 
@@ -62,6 +63,7 @@ class PolicyStore:
                 )
                 .returning(policies.c.id)
             ).scalar_one()
+            enforce(conn, tenant_id, tenant, Usage(policies=1), written=True)
             record_event(conn, tenant_id=tenant_id, actor=actor, action="create_policy", policy_id=policy_id, details={"base_model": base_model})
         return self.get(tenant, name)
 

@@ -16,7 +16,8 @@ from services.catalog.store.aliases import lock_policy, move_alias
 from services.catalog.store.audit import record_event
 from services.catalog.store.blob_index import insert_blob
 from services.catalog.store.db import Database
-from services.catalog.store.entities import Page, Revision, utcnow
+from services.catalog.store.entities import Page, Revision, Usage, utcnow
+from services.catalog.store.limits import enforce
 from services.catalog.store.pages import POLICY_REVISIONS, TENANT_REVISIONS, PageTokens, page_size
 from services.catalog.store.tables import aliases, base_models, policies, revisions, tenants
 
@@ -128,6 +129,7 @@ class RevisionStore:
                 ).first()
                 if parent is None:
                     raise invalid(f"parent revision {new.parent_number} does not exist in {new.tenant}/{new.policy}")
+            enforce(conn, tenant_id, new.tenant, Usage(stored_bytes=new.size_bytes, revisions=1))
             if store_blob is not None:
                 store_blob()
             conn.execute(update(policies).where(policies.c.id == policy_id).values(head_number=number))

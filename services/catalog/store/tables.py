@@ -177,3 +177,24 @@ catalog_secrets = Table(
     Column("name", String(64), primary_key=True),
     Column("value", String(256), nullable=False),
 )
+
+# A tenant's quotas (services.catalog.store.limits); a NULL column, or no row, is no limit.
+tenant_limits = Table(
+    "tenant_limits",
+    metadata,
+    Column("tenant_id", Id, ForeignKey("tenants.id"), primary_key=True),
+    Column("max_stored_bytes", BigInteger, nullable=True),
+    Column("max_revisions", BigInteger, nullable=True),
+    Column("max_policies", BigInteger, nullable=True),
+    Column("requests_per_second", Float, nullable=True),
+    Column("burst", Integer, nullable=True),
+    Column("max_concurrent_sequences", Integer, nullable=True),
+    Column("max_concurrent_sessions", Integer, nullable=True),
+    Column("updated_at", Timestamp, nullable=False),
+    Column("updated_by", String(64), nullable=False),
+    CheckConstraint(
+        "max_stored_bytes >= 0 AND max_revisions >= 0 AND max_policies >= 0 AND requests_per_second > 0 AND burst >= 1 "
+        "AND max_concurrent_sequences >= 0 AND max_concurrent_sessions >= 0",
+        name="ck_tenant_limits_ranges",
+    ),
+)
