@@ -1,6 +1,7 @@
 """The scheduler: engine registry, adapter placement and routing, active waves, load queues.
 
-`open_scheduler` picks the backend: Redis for a fleet (a URL is given), memory for the embedded process.
+`open_scheduler` picks the backend: Redis for a fleet (a URL is given), memory for the embedded process;
+`open_quotas` does the same for the per-tenant limiter (services/scheduler/quotas.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from services.scheduler.base import (
 )
 from services.scheduler.config import SchedulerConfig
 from services.scheduler.memory import MemoryScheduler
+from services.scheduler.quotas import QuotaExceeded, QuotaLimiter, TenantQuota, open_quotas
 from services.scheduler.redis_backend import RedisScheduler
 
 __all__ = [
@@ -25,12 +27,16 @@ __all__ = [
     "LiveEngine",
     "LoadItem",
     "MemoryScheduler",
+    "QuotaExceeded",
+    "QuotaLimiter",
     "RedisScheduler",
     "Route",
     "Scheduler",
     "SchedulerConfig",
+    "TenantQuota",
     "WaveShare",
     "WaveStatus",
+    "open_quotas",
     "open_scheduler",
 ]
 
