@@ -49,6 +49,11 @@ class Authenticator(Protocol):
     def authenticate(self, api_key: str) -> auth.Principal: ...
 
 
+# Called for every call once its key is checked, with the caller (None without an authenticator) and the
+# full method name; raises MintError to refuse the call.
+Admit = Callable[[auth.Principal | None, str], None]
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Service:
     """A servicer and the generated function that adds it to a server."""
@@ -78,9 +83,10 @@ class MintInterceptor(grpc.ServerInterceptor):
     """For every call: parse and check the request (`mint.limits`), authenticate, hold an upload slot for
     client-streaming calls, and map errors to statuses."""
 
-    def __init__(self, authenticator: Authenticator | None, limits: RequestLimits):
+    def __init__(self, authenticator: Authenticator | None, limits: RequestLimits, admit: Admit | None = None):
         self._authenticator = authenticator
         self._limits = limits
+        self._admit = admit
         self._uploads = _UploadSlots(limits)
 
     def intercept_service(self, continuation, handler_call_details):
@@ -114,11 +120,16 @@ class MintInterceptor(grpc.ServerInterceptor):
             if self._authenticator is not None:
                 principal = principal_from_metadata(self._authenticator, context.invocation_metadata())
                 scopes.check(principal, method)  # the key holds a scope this method accepts (mint.scopes.REQUIRED)
+            if self._admit is not None:
+                self._admit(principal, method)  # the service's own per-call check (the gateway: tenants' request rates)
             with auth.acting(principal), self._uploads.hold(principal) if upload else nullcontext():
                 yield
         except MintError as err:
             if err.code is Code.INTERNAL:
                 log.error("%s answered INTERNAL: %s", method, err.message)
+            retry_after_s = getattr(err, "retry_after_s", None)  # quota refusals say when to retry
+            if retry_after_s is not None:
+                context.set_trailing_metadata((("retry-after-s", f"{retry_after_s:.3g}"),))
             context.abort(err.grpc_status, cut_message(err.message, self._limits.max_error_bytes))
         except grpc.RpcError as err:
             # A downstream service's answer passes through with its own status.
@@ -297,14 +308,16 @@ def build_server(
     health_servicer: health.HealthServicer | None = None,
     tls: TLSConfig | None = None,
     public: bool = False,
+    admit: Admit | None = None,
 ) -> tuple[grpc.Server, int]:
     """A server bound to its port but not started: returns (server, port). Call `server.start()`.
     `health_servicer`: the caller's own, to turn NOT_SERVING later (an engine whose step loop died).
     `tls`: serve TLS (mTLS where it requires client certificates); `public`: this is the port SDK clients
-    call, where client certificates are not asked for unless `tls` says so."""
+    call, where client certificates are not asked for unless `tls` says so. `admit`: a check the interceptor
+    runs on every call right after the scope check."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc", initializer=serial_thread),
-        interceptors=[MintInterceptor(authenticator, _for_workers(limits or RequestLimits(), max_workers))],
+        interceptors=[MintInterceptor(authenticator, _for_workers(limits or RequestLimits(), max_workers), admit)],
         options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)],
         maximum_concurrent_rpcs=max_workers * 4,
     )

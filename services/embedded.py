@@ -34,10 +34,11 @@ from services.engine.servicer import base_tokenizer, compute_logprobs, start_sam
 from services.engine.sources import BlobStoreSource
 from services.gateway.http.app import http_server
 from services.gateway.http.door import Door, LocalCatalog
-from services.gateway.main import sampling_service, start_reaper
+from services.gateway.main import admit_tenant, sampling_service, start_reaper
 from services.gateway.resolver import ResolveCache
 from services.gateway.servicer import SamplingServicer
-from services.scheduler import MemoryScheduler
+from services.scheduler import MemoryScheduler, QuotaLimiter, TenantQuota
+from services.scheduler.quotas import MemoryQuotas, quota_of
 from services.trainer.config import TrainerConfig
 from services.trainer.main import trainer_service
 from services.trainer.servicer import TrainerServicer
@@ -143,12 +144,14 @@ class EmbeddedStack:
         engines.engines[LOCAL_ENGINE] = self.engine
         trainer_config = TrainerConfig(model_path=config.model_path, base_model=self.base_model, state_dir=str(data / "trainer"))
         publisher = LocalPublisher(self.catalog)
-        self.trainer = Trainer(dataclasses.replace(trainer_config, **config.trainer), publisher)
+        self.quotas = QuotaLimiter(MemoryQuotas(), self._tenant_quota)
+        self.catalog.limit_listeners.append(self.quotas.forget)
+        self.trainer = Trainer(dataclasses.replace(trainer_config, **config.trainer), publisher, quotas=self.quotas)
         resolver = ResolveCache(self._resolve)
         self.catalog.policy_listeners.append(resolver.invalidate)
         trainer_servicer = TrainerServicer(self.trainer, publisher.ensure_policy)
         catalog = catalog_service(self.catalog)
-        sampling = SamplingServicer(resolver, self.scheduler, engines)
+        sampling = SamplingServicer(resolver, self.scheduler, engines, quotas=self.quotas)
         authenticator = StoreAuthenticator(self.catalog.store)
         self.server, self.port = _build(
             [
@@ -160,6 +163,7 @@ class EmbeddedStack:
             authenticator,
             config.request_limits,
             config.tls,
+            admit_tenant(self.quotas),
         )
 
         self.http = None
@@ -190,6 +194,7 @@ class EmbeddedStack:
         self.fleet.stop()
         self.engine.stop()
         self.trainer.close()
+        self.quotas.close()
         self.catalog.store.close()
 
     def _resolve(self, ref: str, api_key: str):
@@ -198,15 +203,19 @@ class EmbeddedStack:
         revision = self.catalog.resolve(ref)  # runs as the caller: the interceptor set the principal
         return catalog_pb2.ResolveResponse(revision=convert.revision_pb(revision), adapter=adapter_ref(revision))
 
+    def _tenant_quota(self, tenant: str) -> TenantQuota:
+        with auth.acting(auth.Principal(tenant=TENANT, key_id="embedded", role=auth.Role.ADMIN)):
+            return quota_of(self.catalog.get_tenant_limits(tenant))
+
     def _register_base(self) -> None:
         with auth.acting(auth.Principal(tenant=TENANT, key_id="embedded", role=auth.Role.ADMIN)):
             self.catalog.register_base_model(name=self.base_model, **base_description(self.config.model_path))
 
 
-def _build(services, address: str, authenticator, limits: RequestLimits, tls: TLSConfig) -> tuple[grpc.Server, int]:
+def _build(services, address: str, authenticator, limits: RequestLimits, tls: TLSConfig, admit) -> tuple[grpc.Server, int]:
     from mint.server import build_server
 
-    return build_server(services, address=address, authenticator=authenticator, max_workers=128, limits=limits, tls=tls, public=True)
+    return build_server(services, address=address, authenticator=authenticator, max_workers=128, limits=limits, tls=tls, public=True, admit=admit)
 
 
 def _admin_key(path: Path) -> str:

@@ -22,7 +22,8 @@ from services.gateway.http.door import Door, GrpcCatalog
 from services.gateway.http.server import HttpServer
 from services.gateway.resolver import ResolveCache
 from services.gateway.servicer import SamplingServicer
-from services.scheduler import Scheduler, open_scheduler
+from services.scheduler import QuotaLimiter, Scheduler, open_quotas, open_scheduler
+from services.scheduler.quotas import catalog_limits
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,16 @@ def catalog_resolver(catalog: grpc.Channel):
             raise MintError.from_rpc_error(err) from None
 
     return resolve
+
+
+def admit_tenant(quotas: QuotaLimiter):
+    """The server's per-call check: the caller's tenant's request rate."""
+
+    def admit(principal: auth.Principal | None, method: str) -> None:
+        if principal is not None:
+            quotas.admit(principal.tenant)
+
+    return admit
 
 
 def start_reaper(scheduler: Scheduler) -> threading.Thread:
@@ -79,7 +90,9 @@ def create_servers(config: GatewayConfig) -> tuple[grpc.Server, int, HttpServer 
         RedisPolicyBus(config.redis_url, config.redis_prefix).subscribe(resolver.invalidate)
     scheduler = open_scheduler(config.redis_url or None, prefix=config.redis_prefix, heartbeat_s=config.heartbeat_s)
     start_reaper(scheduler)
-    sampling = SamplingServicer(resolver, scheduler, GrpcEngines(config.service_key, config.tls), retries=config.retries)
+    # Tenants' quotas (the catalog's limits): requests per second on every call, sequences around each sample.
+    quotas = QuotaLimiter(open_quotas(config.redis_url or None, prefix=config.redis_prefix), catalog_limits(catalog, config.service_key))
+    sampling = SamplingServicer(resolver, scheduler, GrpcEngines(config.service_key, config.tls), retries=config.retries, quotas=quotas)
     authenticator = RemoteAuthenticator(catalog, ttl_s=config.key_cache_ttl_s)
     services = [
         sampling_service(sampling),
@@ -90,7 +103,7 @@ def create_servers(config: GatewayConfig) -> tuple[grpc.Server, int, HttpServer 
         descriptor = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"]
         services.append(generic_service(forwarding_handler(descriptor, lambda: trainer), descriptor))
     server, port = build_server(services, address=config.address, authenticator=authenticator, max_workers=config.max_workers,
-                                limits=config.request_limits, tls=config.tls, public=True)
+                                limits=config.request_limits, tls=config.tls, public=True, admit=admit_tenant(quotas))
     http = None
     if config.http_address != "off":
         door = Door(sampling, authenticator, GrpcCatalog(catalog), limits=config.request_limits, max_workers=config.max_workers)

@@ -30,6 +30,7 @@ from mint.server import time_left
 from services.gateway.engines import EngineConnector
 from services.gateway.resolver import ResolveCache
 from services.scheduler.base import LoadItem, Route, Scheduler, WaveStatus
+from services.scheduler.quotas import SEQUENCES, QuotaLimiter
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -53,11 +54,14 @@ class Call:
 
 
 class SamplingServicer(gateway_pb2_grpc.SamplingServiceServicer):
-    def __init__(self, resolver: ResolveCache, scheduler: Scheduler, engines: EngineConnector, *, retries: int = 2):
+    def __init__(
+        self, resolver: ResolveCache, scheduler: Scheduler, engines: EngineConnector, *, retries: int = 2, quotas: QuotaLimiter | None = None,
+    ):
         self.resolver = resolver
         self.scheduler = scheduler
         self.engines = engines
         self.retries = retries
+        self.quotas = quotas  # tenants' concurrent sampling sequences: one slot per sample stream, whatever its n
 
     # --- sampling and scoring ---------------------------------------------------------------------------
 
@@ -72,6 +76,16 @@ class SamplingServicer(gateway_pb2_grpc.SamplingServiceServicer):
 
     def sample(self, request: gateway_pb2.SampleRequest, call: Call) -> Iterator[common_pb2.SampleChunk]:
         """The chunks of `request`, from the engine a route picks (retried elsewhere while nothing was sent)."""
+        slot = self.quotas.hold(SEQUENCES, auth.current_principal().tenant) if self.quotas is not None else None
+        if slot is not None:
+            call.add_callback(slot.release)  # however the call ends: finished, failed, or cancelled by its client
+        try:
+            yield from self._sample(request, call)
+        finally:
+            if slot is not None:
+                slot.release()
+
+    def _sample(self, request: gateway_pb2.SampleRequest, call: Call) -> Iterator[common_pb2.SampleChunk]:
         adapter, base = self.target(request.model, request.base_model, call)
         engine_request = engine_pb2.EngineSampleRequest(
             request_id=uuid.uuid4().hex, adapter=adapter, prompt=request.prompt, params=request.params, buffered=request.buffered

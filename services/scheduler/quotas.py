@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Protocol
 
+import grpc
 import redis
 
 from mint.errors import Code, MintError
@@ -311,16 +312,16 @@ class QuotaLimiter:
         slot = Slot(kind, tenant, uuid.uuid4().hex, self._release)
         held, live, first_end = self.backend.acquire(kind, tenant, slot.lease, limit, now + self.lease_s, now)
         if not held:
-            # A slot frees when its holder finishes (no knowing when) or, for a lost holder, when its lease ends.
-            wait = min(1.0, max(0.0, first_end - now))
-            raise QuotaExceeded(
-                f"tenant {tenant} has {live} {_WHAT[kind]}, its limit ({_LIMIT_NAMES[kind]}={limit}); "
-                f"{retry_phrase(wait)}, or once one of them ends",
-                tenant=tenant, limit=_LIMIT_NAMES[kind], retry_after_s=wait,
-            )
+            raise _full(kind, tenant, limit, live, first_end - now)
         with self._lock:
             self._held[slot.lease] = slot
         return slot
+
+    def check(self, kind: str, tenant: str) -> None:
+        """QuotaExceeded when `tenant` holds all its `kind` slots now (a check before work that `hold` then guards)."""
+        limit = self.quota(tenant).slots(kind)
+        if limit is not None and (live := self.held(kind, tenant)) >= limit:
+            raise _full(kind, tenant, limit, live, 1.0)
 
     @contextmanager
     def holding(self, kind: str, tenant: str) -> Iterator[Slot | None]:
@@ -360,6 +361,39 @@ class QuotaLimiter:
                 self.renew()
             except MintError as err:
                 log.warning("could not renew quota leases: %s", err)
+
+
+def _full(kind: str, tenant: str, limit: int, live: int, until_first_ends_s: float) -> QuotaExceeded:
+    # A slot frees when its holder finishes (no knowing when) or, for a lost holder, when its lease ends.
+    wait = min(1.0, max(0.0, until_first_ends_s))
+    return QuotaExceeded(
+        f"tenant {tenant} has {live} {_WHAT[kind]}, its limit ({_LIMIT_NAMES[kind]}={limit}); {retry_phrase(wait)}, or once one of them ends",
+        tenant=tenant, limit=_LIMIT_NAMES[kind], retry_after_s=wait,
+    )
+
+
+def quota_of(limits) -> TenantQuota:
+    """The TenantQuota in a catalog TenantLimits (the message, or the catalog's own entity): unset is None."""
+    has = limits.HasField if hasattr(limits, "HasField") else (lambda name: getattr(limits, name) is not None)
+    fields = ("requests_per_second", "burst", "max_concurrent_sequences", "max_concurrent_sessions")
+    return TenantQuota(**{name: getattr(limits, name) if has(name) else None for name in fields})
+
+
+def catalog_limits(catalog: grpc.Channel, service_key: str) -> Callable[[str], TenantQuota]:
+    """Where a service reads tenants' quotas: the catalog's GetTenantLimits, with the service's own key."""
+    from mint import auth
+    from mint.proto import catalog_pb2, catalog_pb2_grpc
+
+    stub = catalog_pb2_grpc.CatalogServiceStub(catalog)
+
+    def read(tenant: str) -> TenantQuota:
+        try:
+            limits = stub.GetTenantLimits(catalog_pb2.GetTenantLimitsRequest(tenant=tenant), metadata=auth.call_metadata(service_key), timeout=10)
+        except grpc.RpcError as err:
+            raise MintError.from_rpc_error(err) from None
+        return quota_of(limits)
+
+    return read
 
 
 def open_quotas(redis_url: str | None, *, prefix: str = "mint:") -> QuotaBackend:

@@ -6,6 +6,7 @@ import grpc
 
 from mint.proto import trainer_pb2, trainer_pb2_grpc
 from mint.server import RemoteAuthenticator, Service, build_server, channel, run_until_signalled
+from services.scheduler.quotas import QuotaLimiter, catalog_limits, open_quotas
 from services.trainer.config import TrainerConfig
 from services.trainer.publish import CatalogPublisher
 from services.trainer.servicer import TrainerServicer
@@ -17,8 +18,11 @@ def trainer_service(servicer: TrainerServicer) -> Service:
 
 
 def open_trainer(config: TrainerConfig) -> tuple[Trainer, TrainerServicer]:
-    publisher = CatalogPublisher(channel(config.catalog_address, config.tls), config.service_key) if config.catalog_address else None
-    trainer = Trainer(config, publisher)
+    catalog = channel(config.catalog_address, config.tls) if config.catalog_address else None
+    publisher = CatalogPublisher(catalog, config.service_key) if catalog is not None else None
+    # Tenants' max_concurrent_sessions (catalog limits), counted across the fleet's trainers through Redis.
+    quotas = QuotaLimiter(open_quotas(config.redis_url or None, prefix=config.redis_prefix), catalog_limits(catalog, config.service_key)) if catalog is not None else None
+    trainer = Trainer(config, publisher, quotas=quotas)
     return trainer, TrainerServicer(trainer, publisher.ensure_policy if publisher else None)
 
 

@@ -44,6 +44,7 @@ from mint.models.tokenizer import TOKENIZER_FILE, no_tokenizer
 from mint.names import check_name
 from mint.params import AdamParams
 from mint.runtime import compute_threads, release_workers
+from services.scheduler.quotas import SESSIONS, QuotaLimiter, Slot
 from services.trainer.config import TrainerConfig
 from services.trainer.lora import LoRAPass, TrainableLoRA
 from services.trainer.losses import LossRow, check_loss, datum_loss
@@ -111,11 +112,17 @@ class _Call:
 
 
 class Trainer:
-    def __init__(self, config: TrainerConfig, publisher: Publisher | None = None, *, clock: Callable[[], float] | None = None):
+    def __init__(
+        self, config: TrainerConfig, publisher: Publisher | None = None, *, clock: Callable[[], float] | None = None,
+        quotas: QuotaLimiter | None = None,
+    ):
         """`clock` measures sessions' idle time in seconds. By default it is `time.monotonic` and a thread sweeps
         idle sessions; a caller's own clock (a test's fake one) passes time when the caller says, so the caller
-        sweeps, with `reap_idle`."""
+        sweeps, with `reap_idle`. `quotas`: tenants' max_concurrent_sessions (catalog limits), counted across
+        every trainer sharing its backend; max_sessions_per_tenant is this trainer's own cap besides."""
         self.config = config
+        self.quotas = quotas
+        self._slots: dict[str, Slot] = {}  # session id -> its tenant's session slot (quotas)
         self.clock = clock or time.monotonic
         self.device = torch.device(config.device)
         model = load_model(config.model_path, dtype=config.torch_dtype, device=self.device)
@@ -188,10 +195,18 @@ class Trainer:
             tenant=tenant, policy=policy, base_model=self.base_model, config=config, model_config=self.model_config,
             seed=seed, device=self.device, dtype=self.config.torch_dtype, created_by=created_by,
         )
-        with self._sessions_lock:
-            self._make_room(tenant)  # again: other sessions of the tenant may have been created meanwhile
-            session.last_used = self.clock()
-            self.sessions[session.session_id] = session
+        slot = self.quotas.hold(SESSIONS, tenant) if self.quotas is not None else None
+        try:
+            with self._sessions_lock:
+                self._make_room(tenant)  # again: other sessions of the tenant may have been created meanwhile
+                session.last_used = self.clock()
+                self.sessions[session.session_id] = session
+                if slot is not None:
+                    self._slots[session.session_id] = slot
+        except BaseException:
+            if slot is not None:
+                slot.release()
+            raise
         return session
 
     def session(self, session_id: str, tenant: str | None = None) -> Session:
@@ -212,6 +227,8 @@ class Trainer:
         its sessions idle past session_idle_s."""
         with self._sessions_lock:
             self._make_room(tenant)
+        if self.quotas is not None:
+            self.quotas.check(SESSIONS, tenant)
 
     def reap_idle(self, tenant: str | None = None) -> list[str]:
         """Close every session (of `tenant`, or of all) that no call has used for more than session_idle_s and
@@ -272,6 +289,9 @@ class Trainer:
         """Close `session` (under the sessions lock); its tensors go once its calls in flight have returned."""
         session.closed = True
         self.sessions.pop(session.session_id, None)
+        slot = self._slots.pop(session.session_id, None)
+        if slot is not None:
+            slot.release()
         if not session.in_flight:
             session.release()
 

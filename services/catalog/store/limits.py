@@ -86,8 +86,9 @@ class LimitStore:
     def set(self, tenant: str, values: dict[str, Any], clear: set[str], *, actor: str) -> TenantLimits:
         """Set the limits in `values`, remove those in `clear` (no limit), keep the others; audited."""
         checked = {name: check_limit(name, value) for name, value in values.items()}
-        for name in clear:
-            check_limit(name, 0 if name != "requests_per_second" else 1.0)
+        unknown = sorted(set(clear) - set(LIMIT_FIELDS))
+        if unknown:
+            raise invalid(f"unknown limit {unknown[0][:40]!r}; limits are {', '.join(LIMIT_FIELDS)}")
         both = sorted(set(checked) & clear)
         if both:
             raise invalid(f"limit {both[0]} is both set and cleared; do one")
