@@ -92,6 +92,7 @@ class LocalFleet:
         if shared_blobs:
             self.engine_env = {"MINT_BLOB_DIR": str(self.blob_dir), **self.engine_env}
         self.catalog = self.trainer = self.gateway = self.client = None
+        self.http_port = free_port()  # the gateway's HTTP door (OpenAI API, status page): chosen here, so it is known
         self.engines: list[ServiceProcess] = []
         self.redis = RedisServer(self.workdir)
         try:
@@ -123,12 +124,18 @@ class LocalFleet:
         ) if trainer else None
         gateway_env = {
             "MINT_CATALOG_URL": self.catalog.address, "MINT_REDIS_URL": self.redis.url, "MINT_SERVICE_KEY": self.service_key,
-            "MINT_HEARTBEAT_S": str(heartbeat_s), "MINT_GATEWAY_ADDRESS": "127.0.0.1:0", **tls_env,
+            "MINT_HEARTBEAT_S": str(heartbeat_s), "MINT_GATEWAY_ADDRESS": "127.0.0.1:0",
+            "MINT_GATEWAY_HTTP_ADDRESS": f"127.0.0.1:{self.http_port}", **tls_env,
         }
         if self.trainer is not None:
             gateway_env["MINT_TRAINER_URL"] = self.trainer.address
         self.gateway = ServiceProcess(["-m", "services.gateway"], gateway_env, log_path=str(self.workdir / "gateway.log"))
         self.client = ServiceClient(self.gateway.address, self.member_key, ca_file=self.tls.ca_file or None, timeout_s=600)
+
+    @property
+    def http_url(self) -> str:
+        """The gateway's HTTP door (plain HTTP: it serves no TLS)."""
+        return f"http://127.0.0.1:{self.http_port}"
 
     def start_engine(self, index: int) -> ServiceProcess:
         env = {

@@ -348,7 +348,7 @@ _MACROS = """
 
 _MAIN = """{% extends "base" %}{% from "macros" import plots, revisions %}{% block main %}
 <h2>Engines ({{ engines|length }})</h2><div class="engines">
-{% for e in engines %}<section class="card"><h3>{{ e.id }} <span class="muted">{{ e.address }} · base {{ e.base }} · seen {{ '%.1f'|format(e.seen_s_ago) }} s ago</span></h3>
+{% for e in engines %}<section class="card" id="engine-{{ e.id }}"><h3>{{ e.id }} <span class="muted">{{ e.address }} · base {{ e.base }} · seen {{ '%.1f'|format(e.seen_s_ago) }} s ago</span></h3>
 <div>load: {{ e.running }} running, {{ e.waiting }} waiting, {{ '%.1f'|format(e.tokens_per_s) }} tok/s</div>
 <table><tr><th>tier</th><th>used</th><th>budget</th><th></th></tr>{% for tier, used, budget, share in e.tiers %}
 <tr><td>{{ tier }}</td><td>{{ used|bytes }}</td><td>{{ budget|bytes }}</td><td><span class="bar"><i style="width:{{ '%.1f'|format(share) }}%"></i></span></td></tr>{% endfor %}</table>
@@ -370,7 +370,7 @@ _MAIN = """{% extends "base" %}{% from "macros" import plots, revisions %}{% blo
 <section class="card"><h3>Latest audit events</h3><table><tr><th>time</th><th>actor</th><th>key</th><th>action</th><th>subject</th><th>details</th></tr>
 {% for ev in t.events %}<tr><td class="muted">{{ ev.at }}</td><td><code>{{ ev.actor }}</code></td><td>{{ ev.key }}</td><td>{{ ev.action }}</td><td>{{ ev.subject }}</td><td><code>{{ ev.details }}</code></td></tr>
 {% else %}<tr><td colspan="6" class="muted">no events</td></tr>{% endfor %}</table></section>
-{% for p in t.policies %}<section class="card"><h3><a href="/status/policies/{{ p.tenant|urlencode }}/{{ p.name|urlencode }}">{{ p.full_name }}</a>
+{% for p in t.policies %}<section class="card" id="policy-{{ p.full_name }}"><h3><a href="/status/policies/{{ p.tenant|urlencode }}/{{ p.name|urlencode }}">{{ p.full_name }}</a>
 <span class="muted">base {{ p.base_model }} · {{ p.head }} revisions{% if p.shown < p.head %} (newest {{ p.shown }} shown){% endif %}</span></h3>
 {% if p.description %}<div class="muted">{{ p.description }}</div>{% endif %}
 <div>aliases: {% for name, number, at in p.aliases %}<span class="tag">{{ name }} → {{ number }}</span>{% else %}<span class="muted">none</span>{% endfor %}</div>
