@@ -45,3 +45,13 @@ def make_adapter(
 def adapter_files(adapter: AdapterWeights) -> tuple[str, bytes]:
     """(adapter_config.json text, adapter_model.safetensors bytes)."""
     return json.dumps(adapter.config.to_dict()), adapter.to_safetensors()
+
+
+def varint(value: int) -> bytes:
+    """`value` as a protobuf base-128 varint (for hand-built wire bodies)."""
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)

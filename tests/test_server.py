@@ -39,6 +39,7 @@ from services.catalog.config import CatalogConfig
 from services.catalog.main import catalog_service, open_catalog
 from services.embedded import EmbeddedConfig, EmbeddedStack
 from tests.engine.conftest import random_adapter
+from tests.factories import varint
 
 FD = _descriptor.FieldDescriptor
 SERVICES = [
@@ -230,18 +231,9 @@ def _invalid_utf8_body(message: _descriptor.Descriptor) -> bytes | None:
     for path in string_paths(message):
         data = b"\xff\xfeok"
         for field in reversed(path):
-            data = _varint((field.number << 3) | 2) + _varint(len(data)) + data
+            data = varint((field.number << 3) | 2) + varint(len(data)) + data
         return data
     return None
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
 
 
 @pytest.mark.parametrize(("service", "method"), METHODS, ids=[m.name for _, m in METHODS])

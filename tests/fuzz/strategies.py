@@ -22,6 +22,7 @@ from google.protobuf.message import Message
 from hypothesis import strategies as st
 
 from mint.limits import RequestLimits
+from tests.factories import varint
 
 FD = _descriptor.FieldDescriptor
 MAX_DEPTH = 4
@@ -278,20 +279,11 @@ def broken_bodies(draw, valid: bytes) -> bytes:
             data[draw(st.integers(0, len(data) - 1))] ^= 1 << draw(st.integers(0, 7))
         return bytes(data)
     if kind == "unknown_field":
-        return valid + _varint((draw(st.integers(100, 2**29 - 1)) << 3) | draw(st.sampled_from((0, 1, 2, 5)))) + b"\x01\x00"
+        return valid + varint((draw(st.integers(100, 2**29 - 1)) << 3) | draw(st.sampled_from((0, 1, 2, 5)))) + b"\x01\x00"
     if kind == "long_length":
-        return _varint((1 << 3) | 2) + _varint(draw(st.sampled_from((2**31, 2**63, len(valid) + 1)))) + valid
+        return varint((1 << 3) | 2) + varint(draw(st.sampled_from((2**31, 2**63, len(valid) + 1)))) + valid
     # a group or a nested message opened many times: the parser's recursion limit, not the stack, must stop it
-    return (_varint((1 << 3) | 2) + b"\xff\xff\xff\x0f") * draw(st.integers(1, 200))
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
+    return (varint((1 << 3) | 2) + b"\xff\xff\xff\x0f") * draw(st.integers(1, 200))
 
 
 # --- safetensors -------------------------------------------------------------------------------------------------
