@@ -7,6 +7,10 @@ for the policy). Requests become the gateway's own SampleRequests and run throug
 engine with the base's chat template. Streams are server-sent events, one per engine chunk, ending in
 `data: [DONE]`, or in an error event when the engine is lost mid-stream.
 
+A sampling request takes one worker-thread hop: authentication, checking its parameters, finding its model
+and the servicer's sample run there in turn (Door.serve). The events of every chunk that is ready when the
+response is written go out in one write.
+
 OpenAI parameters MinT has no counterpart for (penalties, logit_bias, echo, suffix, tools) are refused
 with 400 naming the parameter, rather than silently ignored.
 """
@@ -14,12 +18,13 @@ with 400 naming the parameter, rather than silently ignored.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from functools import partial
 from typing import Any
 
@@ -31,7 +36,7 @@ from mint.errors import Code, MintError
 from mint.models.tokenizer import Tokenizer
 from mint.params import MAX_TOP_LOGPROBS
 from mint.proto import catalog_pb2, common_pb2, engine_pb2, gateway_pb2
-from services.gateway.http.door import Caller, Door, json_body
+from services.gateway.http.door import Caller, Door, parse_body, read_body
 
 MAX_COMPLETION_LOGPROBS = 5  # the legacy completions API's limit on `logprobs`
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions
@@ -77,9 +82,21 @@ class OpenAIApi:
     def routes(self) -> list[Route]:
         return [
             Route("/v1/models", self._guarded(self.list_models, "/mint.v1.CatalogService/ListPolicies"), methods=["GET"]),
-            Route("/v1/completions", self._guarded(self.completions, SAMPLE), methods=["POST"]),
-            Route("/v1/chat/completions", self._guarded(self.chat_completions, SAMPLE), methods=["POST"]),
+            Route("/v1/completions", self._sampling(self._completion_plan), methods=["POST"]),
+            Route("/v1/chat/completions", self._sampling(self._chat_plan), methods=["POST"]),
         ]
+
+    def _sampling(self, plan):
+        """The endpoint of a sampling route: `plan`(body) checks the request's parameters (on the worker thread,
+        after authentication, so a bad key is refused before a bad body)."""
+
+        async def endpoint(request: Request) -> Response:
+            try:
+                return await self._answer(request, plan)
+            except MintError as err:
+                return error_response(err, self.door)
+
+        return endpoint
 
     def _guarded(self, handler, method: str):
         """`handler`(request, caller) for callers whose key may call the gRPC `method` it does the work of."""
@@ -133,18 +150,16 @@ class OpenAIApi:
 
     # --- completions -------------------------------------------------------------------------------------
 
-    async def completions(self, request: Request, caller: Caller) -> Response:
-        body = await json_body(request)
+    def _completion_plan(self, body: dict) -> _Plan:
         _refuse_unsupported(body, ("echo", "suffix", "logit_bias", "presence_penalty", "frequency_penalty", "best_of"))
         prompts = _completion_prompts(body.get("prompt"))
         logprobs = body.get("logprobs")
         if logprobs is not None and (not _is_int(logprobs) or not 0 <= logprobs <= MAX_COMPLETION_LOGPROBS):
             raise BadParam("logprobs", f"logprobs must be an integer in 0..{MAX_COMPLETION_LOGPROBS} (the alternatives per token), got {logprobs!r}")
         params = _params(body, DEFAULT_COMPLETION_TOKENS, logprobs=logprobs is not None, top=logprobs or 0)
-        return await self._answer(request, caller, body, prompts, params, chat=False)
+        return _plan(body, prompts, params, chat=False)
 
-    async def chat_completions(self, request: Request, caller: Caller) -> Response:
-        body = await json_body(request)
+    def _chat_plan(self, body: dict) -> _Plan:
         _refuse_unsupported(body, ("logit_bias", "presence_penalty", "frequency_penalty", "tools", "functions", "audio", "prediction"))
         fmt = body.get("response_format")
         if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") != "text"):
@@ -162,73 +177,77 @@ class OpenAIApi:
         if body.get("max_completion_tokens") is not None:
             body = {**body, "max_tokens": body["max_completion_tokens"]}
         params = _params(body, DEFAULT_CHAT_TOKENS, logprobs=want, top=top or 0)
-        return await self._answer(request, caller, body, [prompt], params, chat=True)
+        return _plan(body, [prompt], params, chat=True)
 
-    async def _answer(self, request: Request, caller: Caller, body: dict, prompts: list[common_pb2.Prompt],
-                      params: common_pb2.SamplingParams, *, chat: bool) -> Response:
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise BadParam("model", "name a model: a policy revision (acme/bot@prod, bot@7, bot) or a base model")
-        stream = body.get("stream") or False
-        if not isinstance(stream, bool):
-            raise BadParam("stream", f"stream must be true or false, got {stream!r}")
-        options = body.get("stream_options") or {}
-        if not isinstance(options, dict):
-            raise BadParam("stream_options", "stream_options must be an object")
-        is_base, tokenizer = await self.door.run(caller, self._model, caller, model, params.logprobs)
+    async def _answer(self, request: Request, plan) -> Response:
+        raw = await read_body(request)
+        batches = self.door.serve(request, SAMPLE, partial(self._prepared, plan, raw))
+        prepared: _Prepared = (first := await anext(batches))[0]
+        if len(prepared.samples) > 1:
+            await batches.aclose()
+            chunks = self._merged(prepared.caller, prepared.samples)
+        else:
+            chunks = _chained(first[1:], batches)
+        if not prepared.stream:
+            return await _unless_gone(request, self._buffered(prepared.answer, chunks))
+        try:
+            head = await anext(chunks, None)  # errors before the first chunk (no engine for the base) answer with their status
+        except MintError as err:
+            return error_response(err, self.door)
+        events = self._events(prepared.answer, head, chunks, prepared.include_usage)
+        return StreamingResponse(events, media_type="text/event-stream", headers={"cache-control": "no-cache"})
+
+    def _prepared(self, plan, raw: bytes | None, caller: Caller, call) -> Iterator:
+        """On the worker thread, as the caller: the request checked and its model found (a _Prepared, first),
+        then, for a single prompt, the (prompt index, chunk) of its sample call in the same thread."""
+        plan_ = plan(parse_body(raw))
+        is_base, tokenizer = self._model(caller, plan_.model, plan_.params.logprobs)
         samples = [
-            gateway_pb2.SampleRequest(model="" if is_base else model, base_model=model if is_base else "", prompt=p, params=params, buffered=not stream)
-            for p in prompts
+            gateway_pb2.SampleRequest(model="" if is_base else plan_.model, base_model=plan_.model if is_base else "", prompt=p,
+                                      params=plan_.params, buffered=not plan_.stream)
+            for p in plan_.prompts
         ]
         for sample in samples:
             self.door.check(sample)
-        answer = _Answer(model, chat, params, tokenizer, n=params.n or 1)
-        chunks = self._merged(caller, samples)
-        if not stream:
-            return await _unless_gone(request, self._buffered(answer, chunks))
-        try:
-            first = await anext(chunks)  # errors before the first chunk (an unknown model) answer with their status
-        except MintError as err:
-            return error_response(err, self.door)
-        except StopAsyncIteration:
-            first = None
-        events = self._events(answer, first, chunks, bool(options.get("include_usage")))
-        return StreamingResponse(events, media_type="text/event-stream", headers={"cache-control": "no-cache"})
+        answer = _Answer(plan_.model, plan_.chat, plan_.params, tokenizer, n=plan_.params.n or 1)
+        yield _Prepared(caller, samples, answer, plan_.stream, plan_.include_usage)
+        if len(samples) == 1:
+            yield from self._chunks(0, samples[0], call)
 
-    async def _buffered(self, answer: _Answer, chunks: AsyncIterator[tuple[int, common_pb2.SampleChunk]]) -> Response:
+    def _chunks(self, prompt_index: int, sample: gateway_pb2.SampleRequest, call) -> Iterator[tuple[int, common_pb2.SampleChunk]]:
+        for chunk in self.door.servicer.sample(sample, call):
+            yield prompt_index, _checked(chunk)
+
+    async def _buffered(self, answer: _Answer, chunks: AsyncIterator[list[tuple[int, common_pb2.SampleChunk]]]) -> Response:
         try:
-            async for prompt_index, chunk in chunks:
-                answer.add(prompt_index, chunk)
+            async for batch in chunks:
+                for prompt_index, chunk in batch:
+                    answer.add(prompt_index, chunk)
         except MintError as err:
             return error_response(err, self.door)
         return JSONResponse(answer.whole())
 
-    async def _events(self, answer: _Answer, first, chunks, include_usage: bool) -> AsyncIterator[str]:
+    async def _events(self, answer: _Answer, head, chunks, include_usage: bool) -> AsyncIterator[str]:
+        """One string per batch of chunks: their events, written at once."""
         try:
-            if first is not None:
-                yield _sse(answer.piece(*first, usage=include_usage))
-            async for prompt_index, chunk in chunks:
-                yield _sse(answer.piece(prompt_index, chunk, usage=include_usage))
+            if head is not None:
+                yield "".join([answer.event(i, chunk, usage=include_usage) for i, chunk in head])
+            async for batch in chunks:
+                yield "".join([answer.event(i, chunk, usage=include_usage) for i, chunk in batch])
         except MintError as err:
             yield _sse(error_body(err, self.door))  # the stream ends with an error event, never silently
             return
-        if include_usage:
-            yield _sse(answer.usage_piece())
-        yield "data: [DONE]\n\n"
+        yield (_sse(answer.usage_piece()) if include_usage else "") + "data: [DONE]\n\n"
 
-    async def _merged(self, caller: Caller, samples: list[gateway_pb2.SampleRequest]) -> AsyncIterator[tuple[int, common_pb2.SampleChunk]]:
-        """(prompt index, chunk) of every prompt's sample call, as they come."""
-        if len(samples) == 1:
-            async for chunk in self.door.stream(caller, partial(self.door.servicer.sample, samples[0])):
-                yield 0, _checked(chunk)
-            return
+    async def _merged(self, caller: Caller, samples: list[gateway_pb2.SampleRequest]) -> AsyncIterator[list[tuple[int, common_pb2.SampleChunk]]]:
+        """Batches of (prompt index, chunk) of every prompt's sample call, as they come."""
         queue: asyncio.Queue = asyncio.Queue()
 
         async def pump(index: int, sample: gateway_pb2.SampleRequest) -> None:
             try:
-                async for chunk in self.door.stream(caller, partial(self.door.servicer.sample, sample)):
-                    await queue.put((index, chunk))
-                await queue.put((index, None))
+                async for batch in self.door.stream(caller, partial(self._chunks, index, sample)):
+                    await queue.put(batch)
+                await queue.put(None)
             except MintError as err:
                 await queue.put(err)
 
@@ -239,10 +258,10 @@ class OpenAIApi:
                 item = await queue.get()
                 if isinstance(item, MintError):
                     raise item
-                if item[1] is None:
+                if item is None:
                     running -= 1
                     continue
-                yield item[0], _checked(item[1])
+                yield item
         finally:
             for task in tasks:
                 task.cancel()
@@ -282,6 +301,53 @@ class OpenAIApi:
         return is_base, tokenizer
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Plan:
+    """A sampling request's parameters, checked."""
+
+    model: str
+    prompts: list[common_pb2.Prompt]
+    params: common_pb2.SamplingParams
+    chat: bool
+    stream: bool
+    include_usage: bool
+
+
+def _plan(body: dict, prompts: list[common_pb2.Prompt], params: common_pb2.SamplingParams, *, chat: bool) -> _Plan:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadParam("model", "name a model: a policy revision (acme/bot@prod, bot@7, bot) or a base model")
+    stream = body.get("stream") or False
+    if not isinstance(stream, bool):
+        raise BadParam("stream", f"stream must be true or false, got {stream!r}")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise BadParam("stream_options", "stream_options must be an object")
+    return _Plan(model, prompts, params, chat, stream, bool(options.get("include_usage")))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A request ready to sample: who asks, the sample calls it makes, and the answer they build."""
+
+    caller: Caller
+    samples: list[gateway_pb2.SampleRequest]
+    answer: _Answer
+    stream: bool
+    include_usage: bool
+
+
+async def _chained(head: list, batches: AsyncIterator[list]) -> AsyncIterator[list]:
+    """`head` (when not empty), then the batches."""
+    try:
+        if head:
+            yield head
+        async for batch in batches:
+            yield batch
+    finally:
+        await batches.aclose()
+
+
 class _Answer:
     """One request's choices, built from its chunks: as a whole (buffered) or piece by piece (streamed)."""
 
@@ -296,6 +362,7 @@ class _Answer:
         self.prompt_tokens: dict[int, int] = {}
         self.choices: dict[int, dict[str, Any]] = {}
         self.completion_tokens = 0
+        self._head: str | None = None
 
     def _choice(self, prompt_index: int, chunk: common_pb2.SampleChunk) -> tuple[int, dict[str, Any], bool]:
         index = prompt_index * self.n + chunk.index
@@ -342,6 +409,22 @@ class _Answer:
         if usage:
             piece["usage"] = None
         return piece
+
+    def event(self, prompt_index: int, chunk: common_pb2.SampleChunk, *, usage: bool) -> str:
+        """The server-sent event of `piece`; without logprobs, the same bytes from a head made once per answer."""
+        if self.params.logprobs:
+            return _sse(self.piece(prompt_index, chunk, usage=usage))
+        if self._head is None:
+            self._head = ('data: {"id":' + json.dumps(self.id) + ',"object":' + ('"chat.completion.chunk"' if self.chat else '"text_completion"')
+                          + ',"created":' + str(self.created) + ',"model":' + json.dumps(self.model) + ',"choices":[{"index":')
+        index, choice, fresh = self._choice(prompt_index, chunk)
+        text = json.dumps(chunk.text)
+        if self.chat:
+            body = ',"delta":{"content":' + text + (',"role":"assistant"}' if fresh else "}")
+        else:
+            body = ',"text":' + text
+        finish = '"' + choice["finish"] + '"' if chunk.finish_reason else "null"
+        return self._head + str(index) + body + ',"logprobs":null,"finish_reason":' + finish + ('}],"usage":null}\n\n' if usage else "}]}\n\n")
 
     def usage_piece(self) -> dict[str, Any]:
         return {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion", "created": self.created,
