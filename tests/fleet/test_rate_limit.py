@@ -7,6 +7,7 @@ tenant, the limit and when to retry (also as trailing metadata retry-after-s). B
 
 from __future__ import annotations
 
+import threading
 import time
 
 import grpc
@@ -22,6 +23,7 @@ from services.embedded import EmbeddedConfig, EmbeddedStack
 from services.local_fleet import TENANT, LocalFleet
 from services.scheduler.quotas import SEQUENCES, SESSIONS
 from tests.conftest import assert_clean_logs
+from tests.engine.conftest import random_adapter
 
 SLOW = 0.001  # requests per second: a spent bucket stays spent for the length of any test
 
@@ -77,24 +79,32 @@ def test_requests_per_second_refuses_past_the_burst_naming_the_limit(stack, tena
     client.engines()
 
 
-def test_concurrent_sequences_are_limited_and_a_cancelled_stream_frees_its_slot(stack, tenant):
+def test_concurrent_sequences_are_limited_and_a_cancelled_stream_frees_its_slot(stack, tenant, monkeypatch):
     stack, admin = stack
     name, client = tenant
+    client.catalog.create_policy("held", stack.base_model)
+    revision = client.catalog.publish("held", random_adapter(stack.engine.model_config, rank=2, seed=3, modules=("q_proj",)))
+    # The adapter's bytes are held back, so its sample waits for them, holding its slot, until the test lets go.
+    gate = threading.Event()
+    source = stack.engine.residency.source
+    for method in ("fetch", "local_path"):
+        original = getattr(source, method)
+        monkeypatch.setattr(source, method, lambda sha256, _original=original: gate.wait(60) and _original(sha256))
     admin.catalog.set_tenant_limits(name, max_concurrent_sequences=1)
     stub = gateway_pb2_grpc.SamplingServiceStub(client.channel)
     request = gateway_pb2.SampleRequest(
-        base_model=stack.base_model, prompt=prompt_proto([1, 2, 3]),
-        params=SamplingParams(max_tokens=2000, temperature=0.0, ignore_eos=True).to_proto(),
+        model=f"held@{revision.number}", prompt=prompt_proto([1, 2, 3]),
+        params=SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True).to_proto(),
     )
     stream = stub.Sample(request, metadata=client.metadata)
-    next(stream)  # the stream holds the tenant's one slot now
-    assert stack.quotas.held(SEQUENCES, name) == 1
+    _until(lambda: stack.quotas.held(SEQUENCES, name) == 1)  # the waiting stream holds the tenant's one slot
     sampler = client.create_sampling_client(base_model=stack.base_model)
     short = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
     err = refused(sampler.sample, [1, 2], 1, short)
     assert f"tenant {name} has 1 sampling sequences in flight, its limit (max_concurrent_sequences=1)" in err.message
     assert "retry after" in err.message
     stream.cancel()
+    gate.set()
     _until(lambda: stack.quotas.held(SEQUENCES, name) == 0)
     assert len(sampler.sample([1, 2], 1, short).sequences) == 1  # finished: freed again
     assert stack.quotas.held(SEQUENCES, name) == 0
