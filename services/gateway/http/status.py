@@ -2,9 +2,9 @@
 
 `GET /status` shows the engines (address, base, load, bytes per tier, the adapters each holds, named by
 the revisions they were published as when the page knows them), the open waves and their progress, and
-for each tenant shown its latest audit events and its policies with their aliases and recent revisions,
-recorded metrics and a small plot of each metric over the revisions. `GET /status/policies/{tenant}/{policy}`
-is one policy's whole revision and alias history.
+for each tenant shown its policies (aliases, recent revisions, recorded metrics and a small plot of each
+metric over the revisions) and its latest audit events. `GET /status/policies/{tenant}/{policy}` is one
+policy's whole revision and alias history.
 
 Engines and waves come from the scheduler, catalog data from the catalog with the caller's own key acting
 for each tenant shown (`?tenant=`, repeatable; default: the key's tenant and the tenants of open waves).
@@ -41,7 +41,7 @@ COOKIE = "mint_status_key"
 MAX_POLICIES = 50          # per tenant on the main page
 MAIN_REVISIONS = 12        # newest revisions per policy on the main page
 DETAIL_REVISIONS = 200     # on a policy's own page
-AUDIT_EVENTS = 25          # per tenant
+AUDIT_EVENTS = 12          # per tenant
 MAX_TENANTS = 8
 TIERS = ("device", "host", "disk")
 HEADERS = {"cache-control": "no-store", "referrer-policy": "no-referrer", "x-frame-options": "DENY",
@@ -249,7 +249,7 @@ def _event_view(event: catalog_pb2.AuditEvent) -> dict[str, Any]:
     except ValueError:
         details = event.details_json
     return {"at": _time(event.at), "actor": event.actor, "key": event.key_name, "action": event.action,
-            "subject": subject, "details": details[:200]}
+            "subject": subject, "details": details if len(details) <= 120 else details[:119] + "…"}
 
 
 def _move_view(move: catalog_pb2.AliasMove) -> dict[str, Any]:
@@ -320,11 +320,11 @@ header h1{font-size:17px;margin:0} header span{color:#aab}
 main{padding:12px 20px} h2{font-size:15px;margin:18px 0 8px} h3{font-size:14px;margin:4px 0}
 section.card{background:#fff;border:1px solid #dde;border-radius:6px;padding:10px 14px;margin-bottom:10px}
 table{border-collapse:collapse;width:100%} th,td{text-align:left;padding:3px 8px;border-bottom:1px solid #eef;vertical-align:top}
-th{color:#667;font-weight:600;font-size:12px} code{font-size:12px;color:#445}
+th{color:#667;font-weight:600;font-size:12px} td.muted{white-space:nowrap} code{font-size:12px;color:#445}
 .bar{background:#e8eaf0;border-radius:3px;height:8px;width:140px;display:inline-block;vertical-align:middle;overflow:hidden}
 .bar i{display:block;height:100%;background:#3b7ddd;float:left} .bar i.bad{background:#d9534f}
 .muted{color:#889} .tag{background:#e6eefc;color:#2456a6;border-radius:3px;padding:0 5px;margin-right:3px;font-size:12px}
-.retracted{color:#b33} .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(200px,1fr));gap:6px}
+.retracted{color:#b33} .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:6px;margin:4px 0}
 svg{background:#fafbfd;border:1px solid #eef} form{display:inline} input{font:inherit}
 .engines{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:10px}
 """
@@ -367,16 +367,16 @@ _MAIN = """{% extends "base" %}{% from "macros" import plots, revisions %}{% blo
 <span class="muted"> (comma-separated)</span>
 {% for t in tenants %}<h2>Tenant {{ t.tenant }}</h2>
 {% if t.error %}<section class="card retracted">{{ t.error }}</section>{% else %}
-<section class="card"><h3>Latest audit events</h3><table><tr><th>time</th><th>actor</th><th>key</th><th>action</th><th>subject</th><th>details</th></tr>
-{% for ev in t.events %}<tr><td class="muted">{{ ev.at }}</td><td><code>{{ ev.actor }}</code></td><td>{{ ev.key }}</td><td>{{ ev.action }}</td><td>{{ ev.subject }}</td><td><code>{{ ev.details }}</code></td></tr>
-{% else %}<tr><td colspan="6" class="muted">no events</td></tr>{% endfor %}</table></section>
 {% for p in t.policies %}<section class="card" id="policy-{{ p.full_name }}"><h3><a href="/status/policies/{{ p.tenant|urlencode }}/{{ p.name|urlencode }}">{{ p.full_name }}</a>
 <span class="muted">base {{ p.base_model }} · {{ p.head }} revisions{% if p.shown < p.head %} (newest {{ p.shown }} shown){% endif %}</span></h3>
 {% if p.description %}<div class="muted">{{ p.description }}</div>{% endif %}
 <div>aliases: {% for name, number, at in p.aliases %}<span class="tag">{{ name }} → {{ number }}</span>{% else %}<span class="muted">none</span>{% endfor %}</div>
 {{ plots(p) }}{{ revisions(p) }}</section>
 {% else %}<section class="card muted">no policies</section>{% endfor %}
-{% if t.more %}<p class="muted">more policies than shown</p>{% endif %}{% endif %}{% endfor %}
+{% if t.more %}<p class="muted">more policies than shown</p>{% endif %}
+<section class="card"><h3>Latest audit events</h3><table><tr><th>time</th><th>actor</th><th>key</th><th>action</th><th>subject</th><th>details</th></tr>
+{% for ev in t.events %}<tr><td class="muted">{{ ev.at }}</td><td><code>{{ ev.actor }}</code></td><td>{{ ev.key }}</td><td>{{ ev.action }}</td><td>{{ ev.subject }}</td><td><code>{{ ev.details }}</code></td></tr>
+{% else %}<tr><td colspan="6" class="muted">no events</td></tr>{% endfor %}</table></section>{% endif %}{% endfor %}
 {% endblock %}"""
 
 _POLICY = """{% extends "base" %}{% from "macros" import plots, revisions %}{% block title %}{{ policy.full_name }} · MinT status{% endblock %}{% block main %}
