@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import ssl
 from collections.abc import Mapping
+from typing import Any
 
 import grpc
 
@@ -104,6 +106,15 @@ class TLSConfig:
             return None
         required = self.requires_client_certs(public=public)
         return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca if required else None, require_client_auth=required)
+
+    def http_server_options(self, *, public: bool) -> dict[str, Any]:
+        """The same port policy for an HTTP server (uvicorn.Config's ssl_* options); {} for plaintext."""
+        if not self.cert_file:
+            return {}
+        options: dict[str, Any] = {"ssl_certfile": self.cert_file, "ssl_keyfile": self.key_file}
+        if self.requires_client_certs(public=public):
+            options |= {"ssl_ca_certs": self.ca_file, "ssl_cert_reqs": ssl.CERT_REQUIRED}
+        return options
 
     def channel_credentials(self) -> grpc.ChannelCredentials:
         """Trust the configured CA (gRPC's default roots when none) and present this service's certificate to

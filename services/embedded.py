@@ -153,6 +153,7 @@ class EmbeddedStack:
         catalog = catalog_service(self.catalog)
         sampling = SamplingServicer(resolver, self.scheduler, engines, quotas=self.quotas)
         authenticator = StoreAuthenticator(self.catalog.store)
+        admit = admit_tenant(self.quotas)
         self.server, self.port = _build(
             [
                 catalog,
@@ -163,13 +164,13 @@ class EmbeddedStack:
             authenticator,
             config.request_limits,
             config.tls,
-            admit_tenant(self.quotas),
+            admit,
         )
 
         self.http = None
         if config.http_address:
-            self.door = Door(sampling, authenticator, LocalCatalog(catalog.servicer), limits=config.request_limits)
-            self.http = http_server(self.door, config.http_address)
+            self.door = Door(sampling, authenticator, LocalCatalog(catalog.servicer), limits=config.request_limits, admit=admit)
+            self.http = http_server(self.door, config.http_address, config.tls)
 
     @property
     def http_url(self) -> str | None:

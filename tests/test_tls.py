@@ -8,11 +8,13 @@ import contextlib
 import dataclasses
 import datetime
 import ipaddress
+import ssl
 import subprocess
 import sys
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -220,11 +222,21 @@ def tiny_base(tmp_path_factory) -> Path:
     return path
 
 
-def test_the_embedded_server_serves_tls_on_its_public_port(tmp_path, pki, tiny_base):
+def test_the_embedded_server_serves_tls_on_its_public_port_and_https_on_its_http_door(tmp_path, pki, tiny_base):
     stack = embedded(model_path=str(tiny_base), data_dir=str(tmp_path / "data"), address="127.0.0.1:0", tls=pki.server())
     try:
         assert whoami_code(ServiceClient(f"grpcs://localhost:{stack.port}", stack.admin_key, ca_file=pki.ca)) is None
         assert whoami_code(ServiceClient(stack.address, stack.admin_key)) is Code.UNAVAILABLE
+        # The HTTP door (OpenAI API, status page) serves the same certificate: HTTPS only.
+        assert stack.http_url == f"https://127.0.0.1:{stack.http.port}"
+        models = f"localhost:{stack.http.port}/v1/models"
+        headers = {"authorization": f"Bearer {stack.admin_key}"}
+        answer = httpx.get(f"https://{models}", headers=headers, verify=ssl.create_default_context(cafile=pki.ca), timeout=30)
+        assert answer.status_code == 200 and answer.json()["object"] == "list"
+        with pytest.raises(httpx.ConnectError):  # a client that does not trust the CA
+            httpx.get(f"https://{models}", headers=headers, timeout=30)
+        with pytest.raises(httpx.TransportError):  # plaintext HTTP to the TLS port
+            httpx.get(f"http://{models}", headers=headers, timeout=30)
     finally:
         stack.stop()
 

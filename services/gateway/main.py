@@ -102,12 +102,14 @@ def create_servers(config: GatewayConfig) -> tuple[grpc.Server, int, HttpServer 
         trainer = channel(config.trainer_address, config.tls)
         descriptor = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"]
         services.append(generic_service(forwarding_handler(descriptor, lambda: trainer), descriptor))
+    admit = admit_tenant(quotas)
     server, port = build_server(services, address=config.address, authenticator=authenticator, max_workers=config.max_workers,
-                                limits=config.request_limits, tls=config.tls, public=True, admit=admit_tenant(quotas))
+                                limits=config.request_limits, tls=config.tls, public=True, admit=admit)
     http = None
     if config.http_address != "off":
-        door = Door(sampling, authenticator, GrpcCatalog(catalog), limits=config.request_limits, max_workers=config.max_workers)
-        http = http_server(door, config.http_address)
+        door = Door(sampling, authenticator, GrpcCatalog(catalog), limits=config.request_limits, max_workers=config.max_workers,
+                    admit=admit)
+        http = http_server(door, config.http_address, config.tls)
     return server, port, http
 
 

@@ -19,7 +19,7 @@ from mint.sdk import CatalogClient
 from mint.server import channel
 from tests.catalog.test_keys import ADMIN_KEY as KEYS_ADMIN_KEY
 from tests.catalog.test_keys import catalog_server
-from tests.catalog.test_service import ADMIN_KEY, serving
+from tests.catalog.test_service import serving
 from tests.factories import adapter_files, make_adapter
 
 

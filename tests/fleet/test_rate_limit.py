@@ -11,6 +11,7 @@ import threading
 import time
 
 import grpc
+import httpx
 import pytest
 
 from mint.errors import Code, MintError
@@ -58,7 +59,7 @@ def refused(fn, *args) -> MintError:
 
 
 def test_requests_per_second_refuses_past_the_burst_naming_the_limit(stack, tenant):
-    _, admin = stack
+    stack, admin = stack
     name, client = tenant
     admin.catalog.set_tenant_limits(name, requests_per_second=SLOW, burst=3)
     for _ in range(3):
@@ -73,6 +74,12 @@ def test_requests_per_second_refuses_past_the_burst_naming_the_limit(stack, tena
         stub.ListEngines(gateway_pb2.ListEnginesRequest(), metadata=client.metadata)
     trailing = dict(caught.value.trailing_metadata())
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and float(trailing["retry-after-s"]) == pytest.approx(1000, rel=0.01)
+    # The HTTP door draws on the same bucket: 429 with Retry-After, which OpenAI's clients wait on.
+    answer = httpx.post(f"{stack.http_url}/v1/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": 1},
+                        headers={"authorization": f"Bearer {client.api_key}"}, timeout=30)
+    assert answer.status_code == 429 and answer.json()["error"]["type"] == "rate_limit_error", answer.text
+    assert f"tenant {name} is over its request rate" in answer.json()["error"]["message"]
+    assert 990 <= int(answer.headers["retry-after"]) <= 1001
     # Other tenants are not limited; raising the limit applies at once (the embedded catalog tells the limiter).
     admin.engines()
     admin.catalog.set_tenant_limits(name, clear=["requests_per_second", "burst"])

@@ -164,8 +164,10 @@ class Door:
     def __init__(
         self, servicer: SamplingServicer, authenticator: Authenticator, catalog: CatalogReader, *,
         limits: RequestLimits | None = None, max_workers: int = 256,
+        admit: Callable[[auth.Principal | None, str], None] | None = None,
     ):
         self.servicer = servicer
+        self.admit = admit  # the gRPC server's per-call check (the tenant's request rate), after the scope check
         self.authenticator = authenticator
         self.catalog = catalog
         self.limits = limits or RequestLimits()
@@ -192,6 +194,8 @@ class Door:
         key = _key(metadata)
         principal = principal_from_metadata(self.authenticator, metadata)
         scopes.check(principal, method)
+        if self.admit is not None:
+            self.admit(principal, method)
         return Caller(key, auth.tenant_from_metadata(metadata), principal)
 
     async def run(self, caller: Caller | None, fn: Callable[..., T], *args) -> T:

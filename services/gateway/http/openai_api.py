@@ -70,7 +70,11 @@ def error_body(err: MintError, door: Door) -> dict[str, Any]:
 
 
 def error_response(err: MintError, door: Door) -> JSONResponse:
-    return JSONResponse(error_body(err, door), status_code=err.http_status)
+    """The error's JSON with its HTTP status; a refusal that says when to come back (a tenant's quota) says so
+    in Retry-After too, in whole seconds, as OpenAI's clients read it."""
+    retry_after_s = getattr(err, "retry_after_s", None)
+    headers = {"retry-after": str(max(1, math.ceil(retry_after_s)))} if retry_after_s is not None else None
+    return JSONResponse(error_body(err, door), status_code=err.http_status, headers=headers)
 
 
 class OpenAIApi:
