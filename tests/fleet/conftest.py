@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mint.models.presets import init_base
+from mint.procs import ServiceProcess
 from services.local_fleet import LocalFleet
 from tests.conftest import assert_clean_logs
 
@@ -26,4 +27,24 @@ def fleet(tmp_path, pg_url, fleet_base):
         yield fleet
     finally:
         fleet.stop()  # also when the engines never registered: no process outlives its test
+    assert_clean_logs(fleet.workdir.glob("*.log"))
+
+
+@pytest.fixture
+def two_gateways(tmp_path, pg_url, fleet_base):
+    """A fleet without engines and a second gateway process on the same catalog and Redis: (fleet, second)."""
+    fleet = LocalFleet(tmp_path, pg_url, fleet_base, engines=0)
+    second = None
+    try:
+        second = ServiceProcess(
+            ["-m", "services.gateway"],
+            {"MINT_CATALOG_URL": fleet.catalog.address, "MINT_REDIS_URL": fleet.redis.url, "MINT_SERVICE_KEY": fleet.service_key,
+             "MINT_GATEWAY_ADDRESS": "127.0.0.1:0", "MINT_GATEWAY_HTTP_ADDRESS": "off"},
+            log_path=str(tmp_path / "gateway-2.log"),
+        )
+        yield fleet, second
+    finally:
+        if second is not None:
+            second.stop()
+        fleet.stop()
     assert_clean_logs(fleet.workdir.glob("*.log"))

@@ -11,11 +11,9 @@ import pytest
 
 from mint.config import FleetConfig
 from mint.errors import Code, MintError
-from mint.procs import ServiceProcess
 from mint.sdk import CatalogClient, ServiceClient
 from mint.server import channel
-from services.local_fleet import TENANT, LocalFleet
-from tests.conftest import assert_clean_logs
+from services.local_fleet import TENANT
 
 # The services' key cache TTL (MINT_KEY_CACHE_TTL_S, which every service gives its RemoteAuthenticator): shorter
 # than the default, so a service that ignored the setting would fail this test.
@@ -24,24 +22,10 @@ assert FleetConfig().key_cache_ttl_s > TTL_S
 SLACK_S = 3.0
 
 
-@pytest.fixture
-def two_gateways(tmp_path, pg_url, fleet_base, monkeypatch):
-    monkeypatch.setenv("MINT_KEY_CACHE_TTL_S", str(TTL_S))  # the service processes inherit it
-    fleet = LocalFleet(tmp_path, pg_url, fleet_base, engines=0)
-    second = None
-    try:
-        second = ServiceProcess(
-            ["-m", "services.gateway"],
-            {"MINT_CATALOG_URL": fleet.catalog.address, "MINT_REDIS_URL": fleet.redis.url, "MINT_SERVICE_KEY": fleet.service_key,
-             "MINT_GATEWAY_ADDRESS": "127.0.0.1:0", "MINT_GATEWAY_HTTP_ADDRESS": "off"},
-            log_path=str(tmp_path / "gateway-2.log"),
-        )
-        yield fleet, second
-    finally:
-        if second is not None:
-            second.stop()
-        fleet.stop()
-    assert_clean_logs(fleet.workdir.glob("*.log"))
+@pytest.fixture(autouse=True)
+def short_key_cache(monkeypatch):
+    """Set before the fleet starts (autouse fixtures come first): the service processes inherit it."""
+    monkeypatch.setenv("MINT_KEY_CACHE_TTL_S", str(TTL_S))
 
 
 def _refused_within(client: ServiceClient, deadline_s: float) -> float:

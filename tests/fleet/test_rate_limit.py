@@ -16,14 +16,12 @@ import pytest
 
 from mint.errors import Code, MintError
 from mint.models.presets import init_base
-from mint.procs import ServiceProcess
 from mint.proto import gateway_pb2, gateway_pb2_grpc
 from mint.sdk import SamplingParams, ServiceClient
 from mint.sdk.types import prompt_proto
 from services.embedded import EmbeddedConfig, EmbeddedStack
-from services.local_fleet import TENANT, LocalFleet
+from services.local_fleet import TENANT
 from services.scheduler.quotas import SEQUENCES, SESSIONS
-from tests.conftest import assert_clean_logs
 from tests.engine.conftest import random_adapter
 
 SLOW = 0.001  # requests per second: a spent bucket stays spent for the length of any test
@@ -141,23 +139,6 @@ def _until(condition, tries: int = 200) -> None:
     raise AssertionError("the condition never held")
 
 
-@pytest.fixture
-def two_gateways(tmp_path, pg_url, fleet_base):
-    fleet = LocalFleet(tmp_path, pg_url, fleet_base, engines=0)
-    second = None
-    try:
-        second = ServiceProcess(
-            ["-m", "services.gateway"],
-            {"MINT_CATALOG_URL": fleet.catalog.address, "MINT_REDIS_URL": fleet.redis.url, "MINT_SERVICE_KEY": fleet.service_key,
-             "MINT_GATEWAY_ADDRESS": "127.0.0.1:0", "MINT_GATEWAY_HTTP_ADDRESS": "off"},
-            log_path=str(tmp_path / "gateway-2.log"),
-        )
-        yield fleet, second
-    finally:
-        if second is not None:
-            second.stop()
-        fleet.stop()
-    assert_clean_logs(fleet.workdir.glob("*.log"))
 
 
 def test_two_gateways_share_one_bucket_through_redis(two_gateways):
