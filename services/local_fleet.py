@@ -50,14 +50,17 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=self.port)
+        client = redis.Redis(port=self.port, socket_connect_timeout=1, socket_timeout=1)
         for _ in range(200):
+            if self.proc.poll() is not None:  # e.g. its --dir is missing, or the port was taken meanwhile
+                raise RuntimeError(f"redis-server exited with status {self.proc.returncode} at start (port {self.port}, dir {self.workdir})")
             try:
                 client.ping()
                 return
-            except redis.ConnectionError:
+            except (redis.ConnectionError, redis.TimeoutError):
                 time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
+        self.kill()
+        raise RuntimeError(f"redis-server did not answer on port {self.port} within 10 s")
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

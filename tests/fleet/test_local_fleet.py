@@ -32,3 +32,8 @@ def test_a_fleet_that_cannot_start_stops_what_it_started(tmp_path, pg_url, fleet
     assert len(started) == 2 and redis_servers  # the catalog came up, the engine did not
     assert all(process.proc.poll() is not None for process in started)
     assert all(server.proc.poll() is not None for server in redis_servers)
+
+
+def test_a_redis_server_that_exits_at_start_fails_at_once_saying_so(tmp_path):
+    with pytest.raises(RuntimeError, match="redis-server exited with status"):
+        RedisServer(tmp_path / "missing")  # redis-server refuses a --dir that does not exist
