@@ -84,6 +84,18 @@ def test_requests_per_second_refuses_past_the_burst_naming_the_limit(stack, tena
     client.engines()
 
 
+def test_the_status_page_counts_against_its_admins_tenant(stack, tenant):
+    stack, admin = stack
+    name, _ = tenant
+    operator = admin.catalog.create_api_key(name, "operator", "admin")  # an admin key of its own tenant
+    admin.catalog.set_tenant_limits(name, requests_per_second=SLOW, burst=1)
+    page = lambda: httpx.get(f"{stack.http_url}/status", headers={"authorization": f"Bearer {operator}"}, timeout=30)  # noqa: E731
+    assert page().status_code == 200
+    answer = page()
+    assert answer.status_code == 429 and f"tenant {name} is over its request rate" in answer.text
+    assert 990 <= int(answer.headers["retry-after"]) <= 1001
+
+
 def test_concurrent_sequences_are_limited_and_a_cancelled_stream_frees_its_slot(stack, tenant, monkeypatch):
     stack, admin = stack
     name, client = tenant

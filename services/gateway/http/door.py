@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -283,6 +284,12 @@ class Door:
 
     def cut(self, message: str) -> str:
         return cut_message(message, self.limits.max_error_bytes)
+
+
+def retry_after(err: MintError) -> dict[str, str]:
+    """The Retry-After header (whole seconds) of a refusal that says when to come back (a tenant's quota)."""
+    retry_after_s = getattr(err, "retry_after_s", None)
+    return {"retry-after": str(max(1, math.ceil(retry_after_s)))} if retry_after_s is not None else {}
 
 
 def _metadata(request: Request) -> list[tuple[str, str]]:

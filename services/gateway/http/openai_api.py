@@ -36,7 +36,7 @@ from mint.errors import Code, MintError
 from mint.models.tokenizer import Tokenizer
 from mint.params import MAX_TOP_LOGPROBS
 from mint.proto import catalog_pb2, common_pb2, engine_pb2, gateway_pb2
-from services.gateway.http.door import Caller, Door, parse_body, read_body
+from services.gateway.http.door import Caller, Door, parse_body, read_body, retry_after
 
 MAX_COMPLETION_LOGPROBS = 5  # the legacy completions API's limit on `logprobs`
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for /v1/completions
@@ -70,11 +70,9 @@ def error_body(err: MintError, door: Door) -> dict[str, Any]:
 
 
 def error_response(err: MintError, door: Door) -> JSONResponse:
-    """The error's JSON with its HTTP status; a refusal that says when to come back (a tenant's quota) says so
-    in Retry-After too, in whole seconds, as OpenAI's clients read it."""
-    retry_after_s = getattr(err, "retry_after_s", None)
-    headers = {"retry-after": str(max(1, math.ceil(retry_after_s)))} if retry_after_s is not None else None
-    return JSONResponse(error_body(err, door), status_code=err.http_status, headers=headers)
+    """The error's JSON with its HTTP status, and Retry-After where the refusal says when to come back (OpenAI's
+    clients wait on it)."""
+    return JSONResponse(error_body(err, door), status_code=err.http_status, headers=retry_after(err))
 
 
 class OpenAIApi:

@@ -34,7 +34,7 @@ from mint.errors import Code, MintError
 from mint.proto import catalog_pb2, common_pb2
 from mint.scopes import Scope
 from mint.server import principal_from_metadata
-from services.gateway.http.door import Caller, Door
+from services.gateway.http.door import Caller, Door, retry_after
 from services.scheduler.base import LiveEngine
 
 COOKIE = "mint_status_key"
@@ -108,13 +108,19 @@ class StatusPage:
         bad one), PERMISSION_DENIED for any other key."""
         if not key:
             raise MintError(Code.UNAUTHENTICATED, "the status page needs an admin API key")
-        principal = await self.door.run(None, principal_from_metadata, self.door.authenticator, [("authorization", f"Bearer {key}")])
+        return Caller(key, None, await self.door.run(None, self._admin_principal, key))
+
+    def _admin_principal(self, key: str) -> auth.Principal:
+        """`_admin`'s work on a worker thread: the key's principal, an admin's, within its tenant's request rate."""
+        principal = principal_from_metadata(self.door.authenticator, [("authorization", f"Bearer {key}")])
         if principal.role is not auth.Role.ADMIN or not principal.has(Scope.ADMIN):
             raise MintError(
                 Code.PERMISSION_DENIED,
                 f"the status page is for admin keys; key {principal.key_label} is a {principal.role.value} key of tenant {principal.tenant}",
             )
-        return Caller(key, None, principal)
+        if self.door.admit is not None:
+            self.door.admit(principal, "/status")
+        return principal
 
     def _remember(self, response: Response, request: Request, key: str) -> None:
         response.set_cookie(COOKIE, key, path="/status", httponly=True, samesite="strict", secure=request.url.scheme == "https")
@@ -122,7 +128,7 @@ class StatusPage:
     def _refusal(self, err: MintError) -> Response:
         status = err.http_status
         html = _render("refused", status=status, message=self.door.cut(err.message), login=status == 401)
-        response = HTMLResponse(html, status_code=status, headers=HEADERS)
+        response = HTMLResponse(html, status_code=status, headers=HEADERS | retry_after(err))
         if status == 401:
             response.delete_cookie(COOKIE, path="/status")
         return response
