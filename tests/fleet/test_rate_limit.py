@@ -151,8 +151,6 @@ def _until(condition, tries: int = 200) -> None:
     raise AssertionError("the condition never held")
 
 
-
-
 def test_two_gateways_share_one_bucket_through_redis(two_gateways):
     fleet, second = two_gateways
     fleet.admin.set_tenant_limits(TENANT, requests_per_second=SLOW, burst=4)
